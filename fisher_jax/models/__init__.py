@@ -1,0 +1,65 @@
+"""Model registry: `get_model(name, num_classes, **kwargs)` returns a flax.linen Module.
+
+Every model is called as `model.apply(variables, images [B, H, W, C], train=bool)` and returns
+float32 logits [B, num_classes]. Models with BatchNorm keep running averages in the
+`batch_stats` collection (used in evaluation and in every curvature measurement); models without
+BatchNorm carry no `batch_stats`.
+"""
+
+import inspect
+from typing import Callable, Dict
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fisher_jax.models.simple_cnn import SimpleCNN
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+# name -> constructor(num_classes, **kwargs). Variants are partials of a family's class.
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
+    'simple_cnn': SimpleCNN,
+}
+
+
+def available_models():
+  """Sorted names accepted by `get_model`."""
+  return sorted(_REGISTRY)
+
+
+def register_model(name: str, constructor: Callable[..., nn.Module]):
+  """Adds `constructor(num_classes, **kwargs)` to the registry under `name`."""
+  _REGISTRY[name] = constructor
+
+
+def _accepted_kwargs(constructor):
+  target = getattr(constructor, 'func', constructor)  # functools.partial
+  params = inspect.signature(target).parameters
+  return sorted(p for p in params if p not in ('self', 'num_classes', 'parent', 'name'))
+
+
+def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Builds a registered model.
+
+  Args:
+    name: registry name, e.g. 'simple_cnn' (see `available_models()`).
+    num_classes: number of output logits.
+    **kwargs: the family's options; `dtype` may be a string ('bfloat16').
+
+  Raises:
+    ValueError: unknown name or option, with the valid choices.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f'model.name={name!r} is unknown; choose one of {available_models()}.')
+  constructor = _REGISTRY[name]
+  allowed = _accepted_kwargs(constructor)
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(f'model.{unknown[0]} is not an option of model {name!r}; '
+                     f'its options are {allowed}.')
+  if isinstance(kwargs.get('dtype'), str):
+    if kwargs['dtype'] not in _DTYPES:
+      raise ValueError(f'model.dtype={kwargs["dtype"]!r} is unknown; choose one of '
+                       f'{sorted(_DTYPES)}.')
+    kwargs['dtype'] = _DTYPES[kwargs['dtype']]
+  return constructor(num_classes=num_classes, **kwargs)

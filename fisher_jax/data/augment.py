@@ -60,3 +60,43 @@ def crop_and_flip(images: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor,
     images = tf.gather(padded, rows, axis=1, batch_dims=1)  # [b, H, W + 2P, C]
     images = tf.gather(images, cols, axis=2, batch_dims=1)  # [b, H, W, C]
   return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def inception_crop(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+  """Random-resized crop of one image (Inception style): 8%-100% of the area, aspect 3/4-4/3.
+
+  Args:
+    image: uint8 [h, w, C] of any size.
+    seed: int64 [2], the stateless seed of this example.
+    size: output side S.
+
+  Returns:
+    float32 [S, S, C] in raw pixel units.
+  """
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  crop = tf.slice(image, begin, crop_size)
+  return tf.image.resize(crop, [size, size], method='bilinear', antialias=True)
+
+
+def resize_center_crop(image: tf.Tensor, size: int, crop_fraction: float = 0.875) -> tf.Tensor:
+  """Resizes the shorter side to size / crop_fraction and takes the central S x S crop.
+
+  Args:
+    image: uint8 [h, w, C] of any size.
+    size: output side S (e.g. 224 of a 256 resize).
+    crop_fraction: S over the resized shorter side.
+
+  Returns:
+    float32 [S, S, C] in raw pixel units.
+  """
+  shape = tf.shape(image)
+  height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  scale = (size / crop_fraction) / tf.minimum(height, width)
+  new_h = tf.cast(tf.round(height * scale), tf.int32)
+  new_w = tf.cast(tf.round(width * scale), tf.int32)
+  image = tf.image.resize(image, [new_h, new_w], method='bilinear', antialias=True)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return tf.slice(image, [top, left, 0], [size, size, -1])

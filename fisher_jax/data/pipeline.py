@@ -36,6 +36,8 @@ from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
 from fisher_jax.data import label_noise as label_noise_lib
 from fisher_jax.data import specs as specs_lib
+from fisher_jax.data import synthetic as _synthetic  # noqa: F401  (registers builder and specs)
+from fisher_jax.data import tiny_imagenet as _tiny_imagenet  # noqa: F401  (registers builder)
 
 EVAL_SPLITS = ('val', 'test')
 SUBSET_KINDS = ('all', 'clean', 'noisy')
@@ -110,8 +112,7 @@ def _manual_dir(builder) -> str:
 
 
 def _manual_files(spec):
-  return [os.path.join(f) for f in (spec.manual_file or '').replace(' and ', ', ').split(', ')
-          if f]
+  return [f for f in (spec.manual_file or '').replace(' and ', ', ').split(', ') if f]
 
 
 def missing_dataset_message(spec: specs_lib.DatasetSpec, builder) -> str:
@@ -148,6 +149,12 @@ def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None
     config = tfds.download.DownloadConfig(try_download_gcs=False)
     try:
       builder.download_and_prepare(download_config=config)
+    except ModuleNotFoundError as e:
+      if e.name != 'importlib_resources':
+        raise
+      raise ModuleNotFoundError(  # TFDS uses it without declaring it: tensorflow/datasets#11212
+          f'preparing dataset {spec.name!r} needs importlib_resources; run `pip install '
+          'importlib_resources`.', name=e.name) from e
     except Exception:  # Another process may have prepared it concurrently.
       builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
       if not builder.is_prepared():
@@ -184,8 +191,8 @@ def _even_shard(size: int, index: int, count: int):
   return index * size // count, (index + 1) * size // count
 
 
-class Input:
-  """The data of one run, as seen by one process. See the module docstring and `make_input`.
+class InputBase:
+  """What every input offers besides its data: splits, sizes and eval batch counts.
 
   Attributes:
     spec: the `DatasetSpec`.
@@ -198,8 +205,7 @@ class Input:
     steps_per_epoch: num_train // B (the last partial batch of an epoch is dropped).
   """
 
-  def __init__(self, spec, settings, builder, *, batch_size, seed, process_index,
-               process_count):
+  def __init__(self, spec, settings, *, batch_size, seed, process_index, process_count):
     self.spec = spec
     self.settings = settings
     self.batch_size = batch_size
@@ -207,8 +213,65 @@ class Input:
     self.process_index = process_index
     self.process_count = process_count
     self.seed = seed
-    self._subsets = {}
+    self.num_train = 0
+    self.steps_per_epoch = 0
+    self._split_sizes = {}  # 'val' / 'test' -> examples, for the splits that exist
 
+  def _set_num_train(self, num_train):
+    self.num_train = num_train
+    self.steps_per_epoch = num_train // self.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'batch_size={self.batch_size} exceeds the {num_train} training examples '
+                       f'of {self.spec.name!r}; use a batch_size of at most {num_train}.')
+
+  def has_split(self, split: str) -> bool:
+    """Whether `eval_iterator(split, ...)` has data ('val' needs val_fraction > 0 or a split)."""
+    if split not in EVAL_SPLITS:
+      raise ValueError(f'split={split!r} is unknown; choose one of {list(EVAL_SPLITS)}.')
+    return split in self._split_sizes
+
+  def _check_split(self, split):
+    if not self.has_split(split):
+      raise ValueError(f'dataset {self.spec.name!r} has no {split!r} split; set '
+                       'dataset.val_fraction > 0 to carve one from the training set.')
+
+  def num_examples(self, split: str) -> int:
+    """Examples in 'train' (the set used), 'val' or 'test' (all processes together)."""
+    if split == 'train':
+      return self.num_train
+    self._check_split(split)
+    return self._split_sizes[split]
+
+  def _shard_size(self, split: str, process_index: int) -> int:
+    start, end = _even_shard(self._split_sizes[split], process_index, self.process_count)
+    return end - start
+
+  def _local_eval_batch(self, batch_size):
+    if batch_size <= 0 or batch_size % self.process_count:
+      raise ValueError(f'eval batch_size={batch_size} is not a positive multiple of the '
+                       f'{self.process_count} processes; use a multiple of {self.process_count}.')
+    return batch_size // self.process_count
+
+  def num_eval_batches(self, split: str, batch_size: int) -> int:
+    """Batches `eval_iterator(split, batch_size)` yields (the same in every process)."""
+    local = self._local_eval_batch(batch_size)
+    self._check_split(split)
+    largest = max(self._shard_size(split, p) for p in range(self.process_count))
+    return max(1, math.ceil(largest / local))
+
+
+class Input(InputBase):
+  """The in-memory input of one process. See the module docstring and `make_input`.
+
+  Attributes (besides `InputBase`'s):
+    train_labels: int32 [num_train], the labels trained on (noisy where `is_noisy`).
+    true_train_labels: int32 [num_train], the dataset's labels.
+    is_noisy: bool [num_train], which labels dataset.label_noise replaced.
+  """
+
+  def __init__(self, spec, settings, builder, **kwargs):
+    super().__init__(spec, settings, **kwargs)
+    self._subsets = {}
     images, labels = load_split(builder, spec.train_split)
     self._check_images(images, spec.train_split)
     pool = np.arange(len(labels))
@@ -228,15 +291,11 @@ class Input:
                          f'carve-out); use at most {len(pool)}, or None for all.')
       keep = np.random.default_rng([_CARVE_SEED, _SALT_SUBSET]).permutation(len(pool))
       pool = np.sort(pool[keep[:settings.train_subset]])
-    self.num_train = len(pool)
-    self.steps_per_epoch = self.num_train // batch_size
-    if self.steps_per_epoch == 0:
-      raise ValueError(f'batch_size={batch_size} exceeds the {self.num_train} training examples '
-                       f'of {spec.name!r}; use a batch_size of at most {self.num_train}.')
+    self._set_num_train(len(pool))
     self.true_train_labels = labels[pool]
     if settings.label_noise > 0:
       self.train_labels, self.is_noisy = label_noise_lib.corrupt_labels(
-          self.true_train_labels, spec.num_classes, settings.label_noise, seed)
+          self.true_train_labels, spec.num_classes, settings.label_noise, self.seed)
     else:
       self.train_labels = self.true_train_labels.copy()
       self.is_noisy = np.zeros(self.num_train, bool)
@@ -252,6 +311,7 @@ class Input:
     elif spec.val_split is not None:
       self._eval['val'] = self._held_split(builder, spec.val_split)
     self._eval['test'] = self._held_split(builder, spec.test_split)
+    self._split_sizes = {k: v.size for k, v in self._eval.items()}
 
   def _check_images(self, images, split):
     if tuple(images.shape[1:]) != tuple(self.spec.image_shape):
@@ -264,24 +324,6 @@ class Input:
     self._check_images(images, split)
     return _Split(_variable(images), _variable(np.arange(len(labels)), np.int64),
                   _variable(labels, np.int32), len(labels))
-
-  def has_split(self, split: str) -> bool:
-    """Whether `eval_iterator(split, ...)` has data ('val' needs val_fraction > 0 or a split)."""
-    if split not in EVAL_SPLITS:
-      raise ValueError(f'split={split!r} is unknown; choose one of {list(EVAL_SPLITS)}.')
-    return split in self._eval
-
-  def num_examples(self, split: str) -> int:
-    """Examples in 'train' (the set used), 'val' or 'test' (all processes together)."""
-    if split == 'train':
-      return self.num_train
-    return self._eval_split(split).size
-
-  def _eval_split(self, split):
-    if not self.has_split(split):
-      raise ValueError(f'dataset {self.spec.name!r} has no {split!r} split; set '
-                       'dataset.val_fraction > 0 to carve one from the training set.')
-    return self._eval[split]
 
   def _normalize(self, images):
     return augment_lib.normalize(images, self.spec.mean, self.spec.std)
@@ -325,17 +367,6 @@ class Input:
     """
     return self._train_dataset(int(start_step)).as_numpy_iterator()
 
-  def num_eval_batches(self, split: str, batch_size: int) -> int:
-    """Batches `eval_iterator(split, batch_size)` yields (the same in every process)."""
-    local = self._local_eval_batch(batch_size)
-    return max(1, math.ceil(math.ceil(self._eval_split(split).size / self.process_count) / local))
-
-  def _local_eval_batch(self, batch_size):
-    if batch_size <= 0 or batch_size % self.process_count:
-      raise ValueError(f'eval batch_size={batch_size} is not a positive multiple of the '
-                       f'{self.process_count} processes; use a multiple of {self.process_count}.')
-    return batch_size // self.process_count
-
   def eval_iterator(self, split: str, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
     """This process's shard of `split`, padded to the common number of batches.
 
@@ -349,8 +380,9 @@ class Input:
       labels, 0 on padding), mask float32 [b] (1 for a real example, 0 for padding). Across all
       processes every example of the split appears exactly once with mask 1.
     """
-    data = self._eval_split(split)
     local = self._local_eval_batch(batch_size)
+    self._check_split(split)
+    data = self._eval[split]
     num_batches = self.num_eval_batches(split, batch_size)
     start, end = _even_shard(data.size, self.process_index, self.process_count)
 

@@ -44,6 +44,8 @@ class DatasetSpec:
       index into them; this makes the data order a function of (seed, step) alone and
       independent of the process count. False streams TFDS files per process (imagenet2012).
     crop_padding: zero padding (pixels per side) of the random crop of `dataset.augment`.
+    train_crop: 'pad' (the crop with padding above) or 'inception' (random-resized crop of the
+      full-size image for training, resize and central crop for evaluation; imagenet2012).
     flip: whether `dataset.augment` flips images horizontally (False for digits).
     prepare: PREPARE_AUTO, PREPARE_MANUAL or PREPARE_DOWNLOAD.
     manual_file: for PREPARE_MANUAL, the archive(s) the user places in the manual directory
@@ -63,6 +65,7 @@ class DatasetSpec:
   val_split: Optional[str] = None
   in_memory: bool = True
   crop_padding: int = 4
+  train_crop: str = 'pad'
   flip: bool = True
   prepare: str = PREPARE_DOWNLOAD
   manual_file: Optional[str] = None
@@ -133,7 +136,8 @@ for _spec in (
     DatasetSpec(
         name='imagenet2012', tfds_name='imagenet2012', num_classes=1000,
         image_shape=(224, 224, 3), mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        test_split='validation', in_memory=False, prepare=PREPARE_MANUAL,
+        test_split='validation', in_memory=False, train_crop='inception',
+        prepare=PREPARE_MANUAL,
         manual_file='ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar',
         homepage='https://image-net.org/download-images'),
 ):

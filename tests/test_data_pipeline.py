@@ -1,0 +1,211 @@
+"""CIFAR-shaped data built locally through TFDS: label noise, subsets, augmentation, streaming,
+multi-process reading and the missing-dataset message.
+
+The synthetic images carry their own index (`synthetic.identify`), so the tests can tell which
+examples a batch holds; the true labels are recomputed from the builder's seed.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from fisher_jax import data
+from fisher_jax.data import synthetic
+
+NAME = 'synthetic/cifar32'
+STREAMED = 'synthetic/cifar32_streamed'
+SPEC = data.get_spec(NAME)
+data.register_dataset(synthetic.synthetic_spec('cifar32', name=STREAMED, in_memory=False))
+NUM_TRAIN_SPLIT, NUM_TEST_SPLIT = 1000, 203
+TRUE_LABELS = np.random.default_rng([1, 7]).integers(10, size=NUM_TRAIN_SPLIT)  # the builder's
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _make(data_dir, name=NAME, batch_size=64, seed=0, process_index=0, process_count=1,
+          **fields):
+  config = dict(name=name, data_dir=data_dir, label_noise=0.0, augment=False, val_fraction=0.1,
+                train_subset=None)
+  config.update(fields)
+  return data.make_input(config, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
+
+
+def _ids(images):
+  """Example indices of normalized, un-augmented images [N, H, W, C]."""
+  raw = images * np.asarray(SPEC.std) + np.asarray(SPEC.mean)
+  return synthetic.identify(raw)
+
+
+def _eval_ids(inp, split, batch_size):
+  batches = list(inp.eval_iterator(split, batch_size))
+  assert len(batches) == inp.num_eval_batches(split, batch_size)
+  for b in batches:
+    assert b['mask'].shape == (batch_size // inp.process_count,)
+    assert np.all(b['image'][b['mask'] == 0] == 0)
+  return np.concatenate([_ids(b['image'])[b['mask'] == 1] for b in batches]), len(batches)
+
+
+# --- Label noise --------------------------------------------------------------------------------
+
+
+def test_corrupt_labels_is_exact_and_uniform_over_other_classes():
+  labels = np.random.default_rng(0).integers(10, size=100_000)
+  noisy, is_noisy = data.corrupt_labels(labels, 10, 0.3, seed=5)
+  assert is_noisy.sum() == 30_000
+  assert np.all(noisy[is_noisy] != labels[is_noisy]) and np.all(noisy[~is_noisy] == labels[~is_noisy])
+  # The new class is uniform over the 9 others: shifts 1..9 equally often (chi-square, 8 dof,
+  # 99.9% quantile 26.1).
+  counts = np.bincount((noisy[is_noisy] - labels[is_noisy]) % 10, minlength=10)
+  assert counts[0] == 0
+  expected = 30_000 / 9
+  assert ((counts[1:] - expected) ** 2 / expected).sum() < 26.1
+  again, _ = data.corrupt_labels(labels, 10, 0.3, seed=5)
+  other, _ = data.corrupt_labels(labels, 10, 0.3, seed=6)
+  np.testing.assert_array_equal(noisy, again)
+  assert not np.array_equal(noisy, other)
+
+
+@pytest.mark.parametrize('q', [0.1, 0.37])
+def test_label_noise_fraction_subsets_and_training_labels(data_dir, q):
+  inp = _make(data_dir, label_noise=q)
+  everything = inp.fixed_subset(10_000, 'all')  # the whole training set, trained labels
+  ids = _ids(everything['image'])
+  assert len(ids) == inp.num_train == 900 and len(set(ids)) == 900
+  wrong = everything['label'] != TRUE_LABELS[ids]
+  assert abs(wrong.sum() - q * inp.num_train) <= 1  # the noisy fraction is q to one example
+  noisy = inp.fixed_subset(10_000, 'noisy')
+  clean = inp.fixed_subset(10_000, 'clean')
+  noisy_ids, clean_ids = _ids(noisy['image']), _ids(clean['image'])
+  assert set(noisy_ids) == set(ids[wrong]) and set(clean_ids) == set(ids[~wrong])
+  assert np.all(noisy['label'] != TRUE_LABELS[noisy_ids])  # noisy labels always differ
+  np.testing.assert_array_equal(clean['label'], TRUE_LABELS[clean_ids])
+  # Training batches carry the same (noisy) labels.
+  trained = dict(zip(ids, everything['label']))
+  batch = next(inp.train_iterator(3))
+  np.testing.assert_array_equal(batch['label'], [trained[i] for i in _ids(batch['image'])])
+  # Validation labels stay clean.
+  val = next(inp.eval_iterator('val', 100))
+  real = val['mask'] == 1
+  np.testing.assert_array_equal(val['label'][real], TRUE_LABELS[_ids(val['image'])[real]])
+  # Fixed subsets: a fixed size, the same arrays for the same seed, another set for another one.
+  small = inp.fixed_subset(20, 'noisy')
+  assert len(small['label']) == 20 and set(_ids(small['image'])) <= set(noisy_ids)
+  same = _make(data_dir, label_noise=q)
+  np.testing.assert_array_equal(same.fixed_subset(20, 'noisy')['image'], small['image'])
+  other_ids = set(_ids(_make(data_dir, label_noise=q, seed=1).fixed_subset(10_000, 'noisy')
+                       ['image']))
+  assert other_ids != set(noisy_ids)
+
+
+def test_noisy_subset_needs_label_noise(data_dir):
+  with pytest.raises(ValueError, match='dataset.label_noise'):
+    _make(data_dir).fixed_subset(10, 'noisy')
+
+
+# --- Subsets, splits, augmentation --------------------------------------------------------------
+
+
+def test_train_subset_is_fixed_and_disjoint_from_val(data_dir):
+  inp = _make(data_dir, train_subset=130, batch_size=32)
+  assert inp.num_train == 130 and inp.steps_per_epoch == 4
+  ids = _ids(inp.fixed_subset(1000)['image'])
+  assert len(set(ids)) == 130
+  other_seed = _make(data_dir, train_subset=130, batch_size=32, seed=3)
+  assert set(_ids(other_seed.fixed_subset(1000)['image'])) == set(ids)  # fixed, not seeded
+  it = inp.train_iterator(0)
+  seen = np.concatenate([_ids(next(it)['image']) for _ in range(4)])
+  assert len(set(seen)) == 128 and set(seen) <= set(ids)
+  val_ids, _ = _eval_ids(inp, 'val', 64)
+  assert len(val_ids) == 100 and not set(val_ids) & set(ids)
+  test_ids, _ = _eval_ids(inp, 'test', 64)
+  assert sorted(test_ids) == list(range(NUM_TEST_SPLIT))
+
+
+def test_augmentation_is_a_padded_crop_with_flips(data_dir):
+  plain = next(_make(data_dir).train_iterator(2))['image']
+  augmented = next(_make(data_dir, augment=True).train_iterator(2))['image']
+  pad = SPEC.crop_padding
+  flipped = 0
+  for x, y in zip(plain, augmented):
+    raw = np.round(x * np.asarray(SPEC.std) + np.asarray(SPEC.mean))
+    raw_y = np.round(y * np.asarray(SPEC.std) + np.asarray(SPEC.mean))
+    padded = np.pad(raw, ((pad, pad), (pad, pad), (0, 0)))
+    matches = [(i, j, f) for i in range(2 * pad + 1) for j in range(2 * pad + 1)
+               for f in (False, True)
+               if np.array_equal(padded[i:i + 32, j:j + 32][:, ::-1] if f
+                                 else padded[i:i + 32, j:j + 32], raw_y)]
+    assert len(matches) == 1
+    flipped += matches[0][2]
+  assert 16 < flipped < 48  # about half of 64
+
+
+# --- Multi-process reading ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', [NAME, STREAMED])
+def test_two_processes_read_disjoint_eval_shards_that_cover_the_split(data_dir, name):
+  for split, size in (('test', NUM_TEST_SPLIT), ('val', 100)):
+    shards = [_eval_ids(_make(data_dir, name=name, process_index=p, process_count=2), split, 32)
+              for p in range(2)]
+    assert shards[0][1] == shards[1][1]  # the same number of batches in both processes
+    ids = [set(s[0]) for s in shards]
+    assert len(ids[0]) == len(shards[0][0]) and not ids[0] & ids[1]
+    assert len(ids[0] | ids[1]) == size == len(shards[0][0]) + len(shards[1][0])
+
+
+def test_streamed_training_shards_resume_and_carve(data_dir):
+  inputs = [_make(data_dir, name=STREAMED, augment=True, process_index=p, process_count=2)
+            for p in range(2)]
+  spe = inputs[0].steps_per_epoch
+  assert inputs[0].num_train == 900 and spe == 900 // 64
+  epochs = []
+  for inp in inputs:
+    it = inp.train_iterator(0)
+    batches = [next(it) for _ in range(spe + 2)]
+    assert batches[0]['image'].shape == (32, 32, 32, 3)
+    # Resuming at a step (here across an epoch boundary) reproduces the same batches.
+    resumed = inp.train_iterator(spe - 1)
+    for step in (spe - 1, spe, spe + 1):
+      np.testing.assert_array_equal(next(resumed)['image'], batches[step]['image'])
+    assert not np.array_equal(batches[0]['label'], batches[spe]['label'])  # reshuffled
+    epochs.append(batches[:spe])
+  plain = [_make(data_dir, name=STREAMED, process_index=p, process_count=2) for p in range(2)]
+  ids = []
+  for inp in plain:
+    it = inp.train_iterator(0)
+    ids.append(np.concatenate([_ids(next(it)['image']) for _ in range(spe)]))
+    assert len(set(ids[-1])) == len(ids[-1])  # no repeats within an epoch
+  assert not set(ids[0]) & set(ids[1])  # disjoint file shards
+  val_ids, _ = _eval_ids(plain[0], 'val', 32)
+  assert not set(val_ids) & (set(ids[0]) | set(ids[1]))
+  with pytest.raises(ValueError, match='dataset.label_noise'):
+    _make(data_dir, name=STREAMED, label_noise=0.1)
+
+
+# --- Missing data -------------------------------------------------------------------------------
+
+
+def test_missing_cifar10_fails_fast_with_the_prepare_command(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotPreparedError) as info:
+    data.make_input(dict(name='cifar10', data_dir=str(tmp_path)), batch_size=128, seed=0,
+                    process_index=0, process_count=1)
+  assert time.monotonic() - start < 20  # no download attempt, no waiting on the network
+  message = str(info.value)
+  assert "'cifar10'" in message and str(tmp_path) in message
+  assert f'tfds build cifar10 --data_dir={tmp_path}' in message
+  assert not (tmp_path / 'downloads').exists()
+
+
+def test_missing_tiny_imagenet_says_where_the_archive_goes(tmp_path):
+  with pytest.raises(data.DatasetNotPreparedError) as info:
+    data.make_input(dict(name='tiny_imagenet', data_dir=str(tmp_path)), batch_size=128, seed=0,
+                    process_index=0, process_count=1)
+  message = str(info.value)
+  assert 'tiny-imagenet-200.zip' in message
+  assert str(tmp_path / 'downloads' / 'manual') in message

@@ -1,0 +1,10 @@
+"""Curvature measurements: Fisher and Hessian traces, per-example gradient norms.
+
+All functions are pure and jit-able and take the model as a function:
+`logits_fn(params, inputs [B, ...]) -> logits [B, C]` (per-example independent; see
+`make_logits_fn` for flax models with BatchNorm) or `loss_fn(params) -> scalar` (Hessian).
+Brute-force references live in `fisher_jax.curvature.dense` (tests only).
+"""
+
+from fisher_jax.curvature.fisher import (FISHER_ESTIMATORS, batch_fisher_trace, fisher_trace,
+                                         gradient_norm, map_in_chunks, per_example_grad_sq_norms)

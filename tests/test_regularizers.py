@@ -1,0 +1,181 @@
+"""Regularizers against dense brute-force references in float64, and on 8 devices vs 1."""
+
+import functools
+
+import flax.linen as nn
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import numpy as np
+import pytest
+
+from fisher_jax import regularizers
+
+NAMES = ('fp', 'fp_exact', 'gp', 'gpr', 'gpx')
+NUM_CLASSES = 3
+
+# The programs here are tiny: compile them with the cheap XLA CPU pipeline (halves test time).
+_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0,
+                                                     'xla_llvm_disable_expensive_passes': True})
+
+
+class _TinyCNN(nn.Module):
+  """conv-tanh-dense-tanh-dense in float64: smooth, so every Hessian term is non-zero."""
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=jnp.float64, param_dtype=jnp.float64)
+    x = jnp.tanh(nn.Conv(3, (3, 3), **kw)(x))
+    x = jnp.tanh(nn.Dense(6, **kw)(x.reshape((x.shape[0], -1))))
+    return nn.Dense(NUM_CLASSES, **kw)(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _problem(batch=16):
+  """(logits_fn, params, inputs [B, 4, 4, 2], labels [B]) in float64; built once (eager JAX
+  ops compile one by one, which is slow on a busy CPU)."""
+  model = _TinyCNN()
+  np_rng = np.random.default_rng(0)
+  inputs = jnp.asarray(np_rng.normal(size=(batch, 4, 4, 2)), jnp.float64)
+  labels = jnp.asarray(np_rng.integers(0, NUM_CLASSES, size=batch), jnp.int32)
+  params = _jit(model.init)(jax.random.key(2), inputs)['params']
+  logits_fn = lambda p, x: model.apply({'params': p}, x)  # noqa: E731
+  return logits_fn, params, inputs, labels
+
+
+def _dense_penalty(name, logits_fn, flat, unravel, inputs, labels, rng):
+  """The penalty from full Jacobians: per-example grads J_i^T (p_i - e_y), input Jacobians."""
+  logits = logits_fn(unravel(flat), inputs)
+  if name in ('fp', 'fp_exact'):
+    labels = jax.random.categorical(rng, jax.lax.stop_gradient(logits))
+  elif name == 'gpr':
+    labels = jax.random.randint(rng, labels.shape, 0, NUM_CLASSES)
+  residual = jax.nn.softmax(logits) - jax.nn.one_hot(labels, NUM_CLASSES)  # [B, C]
+  if name == 'gpx':
+    input_jac = jax.vmap(jax.jacrev(lambda x: logits_fn(unravel(flat), x[None])[0]))(inputs)
+    input_grads = jnp.einsum('bc,bc...->b...', residual, input_jac)  # [B, H, W, C_in]
+    return jnp.mean(jnp.sum(input_grads.reshape(len(inputs), -1) ** 2, axis=1))
+  jac = jax.jacrev(lambda f: logits_fn(unravel(f), inputs))(flat)  # [B, C, P]
+  per_example = jnp.einsum('bc,bcp->bp', residual, jac)  # [B, P]
+  if name == 'fp_exact':
+    return jnp.mean(jnp.sum(per_example ** 2, axis=1))
+  mean_grad = per_example.mean(0)
+  return mean_grad @ mean_grad
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_penalty_and_grad_match_dense_reverse_over_reverse(x64, name):
+  logits_fn, params, inputs, labels = _problem()
+  rng = jax.random.key(7)
+  flat, unravel = ravel_pytree(params)
+
+  @_jit
+  def compute(params, flat):
+    value, grads = regularizers.penalty_and_grad(name, logits_fn, params, inputs, labels, rng=rng)
+    dense_value, dense_grad = jax.value_and_grad(_dense_penalty, argnums=2)(
+        name, logits_fn, flat, unravel, inputs, labels, rng)
+    value_only, grad_of_value = jax.value_and_grad(
+        lambda p: regularizers.penalty(name, logits_fn, p, inputs, labels, rng=rng))(params)
+    return (value, ravel_pytree(grads)[0], dense_value, dense_grad, value_only,
+            ravel_pytree(grad_of_value)[0])
+
+  value, grads, dense_value, dense_grad, value_only, grad_of_value = compute(params, flat)
+  assert dense_value > 1e-3 and np.linalg.norm(dense_grad) > 1e-3  # A non-trivial check.
+  np.testing.assert_allclose(value, dense_value, rtol=1e-10)
+  np.testing.assert_allclose(value_only, dense_value, rtol=1e-10)
+  np.testing.assert_allclose(grads, dense_grad, rtol=1e-8, atol=1e-12 * np.abs(dense_grad).max())
+  np.testing.assert_allclose(grad_of_value, dense_grad, rtol=1e-8,
+                             atol=1e-12 * np.abs(dense_grad).max())
+
+
+def test_sampled_labels_come_from_rng_and_are_constants(x64):
+  """fp with two keys differs (labels are drawn); fp with the labels the key draws equals gp with
+  those labels given as true labels, value and gradient (no gradient through the sampling)."""
+  logits_fn, params, inputs, labels = _problem()
+
+  @_jit
+  def fp_and_gp(rng):
+    sampled = jax.random.categorical(rng, logits_fn(params, inputs))
+    return (regularizers.penalty_and_grad('fp', logits_fn, params, inputs, labels, rng=rng),
+            regularizers.penalty_and_grad('gp', logits_fn, params, inputs, sampled))
+
+  fp, gp = fp_and_gp(jax.random.key(3))
+  for a, b in zip(jax.tree.leaves(fp), jax.tree.leaves(gp)):
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+  values = {float(fp_and_gp(jax.random.key(k))[0][0]) for k in range(6)}
+  assert len(values) > 1
+
+
+def test_none_is_zero_and_missing_rng_or_unknown_name_is_an_error(x64):
+  logits_fn, params, inputs, labels = _problem()
+  value, grads = regularizers.penalty_and_grad('none', logits_fn, params, inputs, labels)
+  assert float(value) == 0 and all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
+  with pytest.raises(ValueError, match='rng='):
+    regularizers.penalty('fp', logits_fn, params, inputs, labels)
+  with pytest.raises(ValueError, match='regularizer.name'):
+    regularizers.penalty_and_grad('fisher', logits_fn, params, inputs, labels, rng=None)
+  with pytest.raises(ValueError, match='floating-point'):
+    regularizers.penalty('gpx', lambda p, x: logits_fn(p, x.astype(jnp.float64)), params,
+                         (inputs * 10).astype(jnp.int32), labels)
+
+
+def test_loss_and_penalty_grads_share_the_forward_pass_and_agree(x64):
+  logits_fn, params, inputs, labels = _problem()
+  rng = jax.random.key(11)
+  loss_fn = lambda p: jnp.mean(-jnp.take_along_axis(  # noqa: E731
+      jax.nn.log_softmax(logits_fn(p, inputs)), labels[:, None], axis=1))
+
+  @_jit
+  def both():
+    reference = jax.value_and_grad(loss_fn)(params), logits_fn(params, inputs)
+    shared = [regularizers.loss_and_penalty_grads(n, logits_fn, params, inputs, labels, rng=rng)
+              for n in ('none',) + NAMES]
+    separate = [regularizers.penalty_and_grad(n, logits_fn, params, inputs, labels, rng=rng)
+                for n in NAMES]
+    return reference, shared, separate
+
+  ((loss, loss_grads), logits), shared, separate = both()
+  for result in shared:
+    np.testing.assert_allclose(result.loss, loss, rtol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(result.loss_grads)[0], ravel_pytree(loss_grads)[0],
+                               rtol=1e-10)
+    np.testing.assert_allclose(result.logits, logits, rtol=1e-12)
+  for result, (value, grads) in zip(shared[1:], separate):
+    np.testing.assert_allclose(result.penalty, value, rtol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(result.penalty_grads)[0], ravel_pytree(grads)[0],
+                               rtol=1e-10)
+
+
+def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
+  """Every penalty (acceptance: fp) under shard_map over 8 devices, 2 examples each, equals the
+  one-device value and gradient of the 16-example batch; fp also with check_vma=False."""
+  assert jax.device_count() >= 8, 'tests/conftest.py sets 8 fake CPU devices'
+  logits_fn, params, inputs, labels = _problem()
+  rng = jax.random.key(5)
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+
+  # 'gp' is fp's code path without the sampling; it is left out to keep the test short.
+  sharded_names = ('fp', 'fp_exact', 'gpr', 'gpx')
+
+  def all_penalties(params, inputs, labels, rng, axis_name=None, names=sharded_names):
+    out = {n: regularizers.penalty_and_grad(n, logits_fn, params, inputs, labels, rng=rng,
+                                            axis_name=axis_name) for n in names}
+    out['fp/value_only'] = regularizers.penalty('fp', logits_fn, params, inputs, labels, rng=rng,
+                                                axis_name=axis_name)
+    if len(names) == 1:
+      return out
+    shared = regularizers.loss_and_penalty_grads('gpr', logits_fn, params, inputs, labels,
+                                                 rng=rng, axis_name=axis_name)
+    out['gpr/shared'] = (shared.loss, shared.loss_grads, shared.penalty, shared.penalty_grads)
+    return out
+
+  single = _jit(all_penalties)(params, inputs, labels, rng)
+  for check_vma, names in ((True, sharded_names), (False, ('fp',))):
+    sharded = _jit(jax.shard_map(
+        lambda *args: all_penalties(*args, axis_name='data', names=names), mesh=mesh,
+        in_specs=(P(), P('data'), P('data'), P()), out_specs=P(), check_vma=check_vma))(
+            params, inputs, labels, rng)
+    for key in sharded:
+      for a, b in zip(jax.tree.leaves(sharded[key]), jax.tree.leaves(single[key])):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14, err_msg=key)

@@ -13,6 +13,7 @@ setuptools.setup(
         'absl-py',
         'clu>=0.0.12',
         'flax>=0.10',
+        'importlib_resources',  # tensorflow-datasets imports it without declaring it.
         'jax>=0.7',
         'matplotlib',
         'ml-collections',

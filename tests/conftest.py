@@ -15,3 +15,19 @@ def x64():
   """Runs a test with float64 enabled (brute-force comparisons)."""
   with jax.enable_x64(True):
     yield
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str = 'default', arg: str = None):
+  """`get_config(arg)` of configs/<name>.py, as `--config configs/<name>.py[:arg]` loads it."""
+  from fisher_jax import config_files  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  return config_files.load_config(path + (f':{arg}' if arg else ''))
+
+
+@pytest.fixture
+def default_config():
+  """A fresh configs/default.py config (tests shrink it to what they need)."""
+  return load_config('default')

@@ -1,0 +1,67 @@
+"""The default experiment: SimpleCNN on the embedded digits data (offline, minutes on a CPU).
+
+SGD with momentum; Tr(F) is measured every epoch on a fixed subset of training examples.
+
+  python -m fisher_jax.main --config configs/default.py --workdir runs/default
+  python -m fisher_jax.main --config configs/default.py --workdir runs/small_lr \
+      --config.optimizer.learning_rate=0.003
+
+Every other experiment config starts from this one and overrides what differs.
+"""
+
+import ml_collections
+
+
+def get_config():
+  """Returns the default ConfigDict (every field overridable as --config.a.b=value)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128  # Global: split across all devices of all processes.
+  config.num_epochs = 12
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'digits'
+  config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.dataset.label_noise = 0.0
+  config.dataset.augment = False
+  config.dataset.val_fraction = 0.1
+  config.dataset.train_subset = ml_collections.FieldReference(None, field_type=int)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'simple_cnn'
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'momentum'
+  config.optimizer.learning_rate = 0.03
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.schedule = 'constant'
+  config.optimizer.warmup_epochs = 0.0
+
+  config.regularizer = ml_collections.ConfigDict()
+  config.regularizer.name = 'none'
+  config.regularizer.strength = 0.0
+  config.regularizer.every_k = 1
+  config.regularizer.start_epoch = 0
+
+  config.measure = ml_collections.ConfigDict()
+  config.measure.every_epochs = 1  # Tr(F), Tr(F_B), grad norm at epoch ends (and at step 0).
+  config.measure.every_steps = 0  # > 0: also every this many steps (per-step curves).
+  config.measure.num_examples = 256  # Fixed subset of training examples.
+  config.measure.fisher_estimator = 'sampled'
+  config.measure.hessian_every_epochs = 0  # 0: Tr(H) is not measured.
+  config.measure.hessian_probes = 16
+  config.measure.hessian_num_examples = 256
+
+  # Start from another run's parameters and BatchNorm statistics (fresh optimizer state, step
+  # and RNG), e.g. to continue a run with another regularizer: workdir of that run, and the
+  # step of its checkpoint (None: the latest). Ignored once this run has checkpoints of its own.
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+  config.init_from.step = ml_collections.FieldReference(None, field_type=int)
+
+  config.eval_every_epochs = 1
+  config.checkpoint_every_epochs = 1
+  config.log_every_steps = 0  # 0: train metrics once per epoch.
+  return config

@@ -1,0 +1,199 @@
+"""Pure step functions: training, evaluation and curvature measurement.
+
+`train_step` and `eval_step` are ONE device's program: they see this device's slice of the
+global batch and reduce over the mesh axis 'data' with explicit collectives (wrap them with
+`parallel.data_parallel`). Because every device holds an equal slice, the mean of the devices'
+means is the global mean: 1 and N devices give the same numbers for the same global batch.
+
+BatchNorm: in training each device normalizes with its own batch statistics (as with pmap);
+the updated running averages are averaged across devices so the state stays replicated.
+
+Measurements (`make_measure_fn`, `make_hessian_fn`) are global functions for plain `jax.jit` on
+batch-sharded inputs: XLA partitions them, so their numbers do not depend on the device count.
+They use eval-mode (running-average) BatchNorm, so per-example quantities are per-example.
+"""
+
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+
+from fisher_jax import curvature
+from fisher_jax import losses
+from fisher_jax.parallel import AXIS
+from fisher_jax.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+
+def _variables(params, batch_stats) -> Dict[str, Any]:
+  if batch_stats:
+    return {'params': params, 'batch_stats': batch_stats}
+  return {'params': params}
+
+
+def _train_mode_logits_fn(model: nn.Module, batch_stats, rng) -> Callable:
+  """`logits_fn(params, inputs)` as the training forward pass sees it (batch statistics)."""
+
+  def logits_fn(params, inputs):
+    variables = _variables(params, batch_stats)
+    if batch_stats:
+      return model.apply(variables, inputs, train=True, mutable=['batch_stats'],
+                         rngs={'dropout': rng})[0]
+    return model.apply(variables, inputs, train=True, rngs={'dropout': rng})
+
+  return logits_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    make_penalty_fn: Optional[Callable[..., Callable]] = None,
+                    latest_penalty: Optional[Callable[[Any], jax.Array]] = None) -> Callable:
+  """Builds `train_step(state, batch) -> (state, metrics)` for one device.
+
+  Args:
+    model: the flax model.
+    tx: the optax optimizer (with the penalty transformation chained in when a regularizer is
+      configured).
+    make_penalty_fn: when a regularizer is configured,
+      `make_penalty_fn(train_logits_fn, eval_logits_fn, inputs, labels, rng) -> penalty_fn`
+      whose result is passed to `tx.update(..., penalty_fn=penalty_fn)`. Batch-level penalties
+      (fp, gp, gpr, gpx) use the training forward pass (BatchNorm with batch statistics); the
+      per-example fp_exact uses eval-mode logits, which are per-example independent.
+    latest_penalty: reads the last penalty value from the optimizer state, for logging.
+
+  The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
+  and 'penalty' when a regularizer is configured.
+  """
+
+  def train_step(state: TrainState, batch: Batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    device_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
+    images, labels = batch['image'], batch['label']
+
+    def loss_fn(params):
+      variables = _variables(params, state.batch_stats)
+      if state.batch_stats:
+        logits, updated = model.apply(variables, images, train=True, mutable=['batch_stats'],
+                                      rngs={'dropout': device_rng})
+        batch_stats = updated['batch_stats']
+      else:
+        logits = model.apply(variables, images, train=True, rngs={'dropout': device_rng})
+        batch_stats = state.batch_stats
+      loss = jnp.mean(losses.cross_entropy(logits, labels))
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = lax.pmean(grads, AXIS)
+    extra = {}
+    if make_penalty_fn is not None:
+      extra['penalty_fn'] = make_penalty_fn(
+          _train_mode_logits_fn(model, state.batch_stats, device_rng),
+          curvature.make_logits_fn(model, state.batch_stats or None), images, labels, step_rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'accuracy': jnp.mean(losses.accuracy(logits, labels))}
+    metrics = lax.pmean(metrics, AXIS)
+    if latest_penalty is not None:
+      metrics['penalty'] = latest_penalty(opt_state)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=lax.pmean(batch_stats, AXIS), opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """Builds `eval_step(state, batch) -> sums` for one device.
+
+  `batch` holds 'image', 'label' and 'mask' (1 for real examples, 0 for padding). Returns the
+  global sums {'loss', 'accuracy', 'count'} over real examples, so a split evaluated in several
+  batches is averaged by dividing the summed sums by the summed count: every example counts
+  exactly once, whatever the batch size.
+  """
+
+  def eval_step(state: TrainState, batch: Batch):
+    logits = model.apply(_variables(state.params, state.batch_stats), batch['image'],
+                         train=False)
+    mask = batch['mask'].astype(jnp.float32)
+    sums = {
+        'loss': jnp.sum(losses.cross_entropy(logits, batch['label']) * mask),
+        'accuracy': jnp.sum(losses.accuracy(logits, batch['label']) * mask),
+        'count': jnp.sum(mask),
+    }
+    return lax.psum(sums, AXIS)
+
+  return eval_step
+
+
+def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int) -> Callable:
+  """Builds `measure(state, inputs, labels, rng) -> metrics` (global; for `jax.jit`).
+
+  On the n examples given (a fixed training subset):
+    * 'curvature/fisher_trace': Tr(F) = mean_i E_c ||grad CE(x_i, c)||^2 by `estimator`;
+    * 'curvature/fisher_trace_batch': Tr(F_B) = ||(1/B) sum_i grad CE(x_i, yhat_i)||^2 for
+      mini-batches of the training batch size B (min(B, n)), averaged over the n // B batches;
+    * 'curvature/grad_norm': ||(1/n) sum_i grad CE(x_i, y_i)|| with the trained labels.
+  """
+
+  def measure(state: TrainState, inputs: jax.Array, labels: jax.Array, rng: jax.Array):
+    logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
+    fisher_rng, batch_rng = jax.random.split(rng)
+    n = inputs.shape[0]
+    b = min(batch_size, n)
+    chunks = inputs[:n // b * b].reshape((n // b, b) + inputs.shape[1:])
+
+    def one_batch(i_chunk):
+      i, chunk = i_chunk
+      return curvature.batch_fisher_trace(logits_fn, state.params, chunk,
+                                          rng=jax.random.fold_in(batch_rng, i))
+
+    batch_traces = lax.map(one_batch, (jnp.arange(n // b), chunks))
+    return {
+        'curvature/fisher_trace': curvature.fisher_trace(
+            logits_fn, state.params, inputs, estimator=estimator, rng=fisher_rng,
+            labels=labels),
+        'curvature/fisher_trace_batch': jnp.mean(batch_traces),
+        'curvature/grad_norm': curvature.gradient_norm(logits_fn, state.params, inputs, labels),
+    }
+
+  return measure
+
+
+def make_subset_metrics_fn(model: nn.Module) -> Callable:
+  """Builds `subset_metrics(state, inputs, labels) -> (accuracy, grad_norm)` (global).
+
+  Used on the fixed clean and noisy training subsets of label-noise runs: eval-mode accuracy
+  against the trained labels, and ||(1/n) sum_i grad CE(x_i, y_i)||.
+  """
+
+  def subset_metrics(state: TrainState, inputs: jax.Array, labels: jax.Array):
+    logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
+    accuracy = jnp.mean(losses.accuracy(logits_fn(state.params, inputs), labels))
+    return accuracy, curvature.gradient_norm(logits_fn, state.params, inputs, labels)
+
+  return subset_metrics
+
+
+def make_hessian_fn(model: nn.Module, *, num_probes: int) -> Callable:
+  """Builds `hessian(state, inputs, labels, rng) -> metrics` (global; for `jax.jit`).
+
+  Tr(H) of the mean cross-entropy over the given examples (eval-mode BatchNorm) by Hutchinson
+  with `num_probes` Rademacher probes: 'curvature/hessian_trace' and its standard error
+  'curvature/hessian_trace_stderr'.
+  """
+
+  def hessian(state: TrainState, inputs: jax.Array, labels: jax.Array, rng: jax.Array):
+    logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
+
+    def loss_fn(params):
+      return jnp.mean(losses.cross_entropy(logits_fn(params, inputs), labels))
+
+    estimate, stderr = curvature.hessian_trace(loss_fn, state.params, rng=rng,
+                                               num_probes=num_probes)
+    return {'curvature/hessian_trace': estimate, 'curvature/hessian_trace_stderr': stderr}
+
+  return hessian

@@ -1,0 +1,309 @@
+"""`train_and_evaluate(config, workdir)`: the training loop of every fisher_jax experiment.
+
+It builds the parts from the config (data, model, optimizer with the penalty, state), resumes
+from the latest checkpoint in `workdir` when there is one, and runs the loop: data-parallel
+training steps, evaluation on val/test, curvature measurements on fixed training subsets,
+logging (TensorBoard, console, metrics.jsonl) and checkpoints. See DESIGN.md for the workdir
+layout and the metric names.
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from absl import logging
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fisher_jax import checkpoint
+from fisher_jax import curvature
+from fisher_jax import data
+from fisher_jax import models
+from fisher_jax import optim
+from fisher_jax import parallel
+from fisher_jax import regularizers
+from fisher_jax import state as state_lib
+from fisher_jax import steps
+from fisher_jax import writers
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+# Keys that may change when a run is resumed: they do not alter the trajectory.
+RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps')
+
+
+def _check_loop_fields(config: ml_collections.ConfigDict):
+  """Validates the fields the loop itself owns (the parts validate their own)."""
+  positive = {'batch_size': config.batch_size, 'num_epochs': config.num_epochs,
+              'measure.num_examples': config.measure.num_examples,
+              'measure.hessian_probes': config.measure.hessian_probes,
+              'measure.hessian_num_examples': config.measure.hessian_num_examples}
+  for field, value in positive.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f'{field}={value!r} must be a positive integer.')
+  non_negative = {'eval_every_epochs': config.eval_every_epochs,
+                  'checkpoint_every_epochs': config.checkpoint_every_epochs,
+                  'log_every_steps': config.log_every_steps,
+                  'measure.every_epochs': config.measure.every_epochs,
+                  'measure.every_steps': config.measure.every_steps,
+                  'measure.hessian_every_epochs': config.measure.hessian_every_epochs}
+  for field, value in non_negative.items():
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f'{field}={value!r} must be a non-negative integer (0 turns it off).')
+  if config.measure.fisher_estimator not in curvature.FISHER_ESTIMATORS:
+    raise ValueError(f'measure.fisher_estimator={config.measure.fisher_estimator!r} is '
+                     f'unknown; choose one of {list(curvature.FISHER_ESTIMATORS)}.')
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  return json.loads(config.to_json())
+
+
+def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
+  """Refuses to touch a workdir that holds another run. Writes nothing.
+
+  Raises:
+    ValueError: the workdir's config.json differs from `config` (naming the fields), or the
+      workdir holds checkpoints without a config.json (not written by fisher_jax).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    if os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+      raise ValueError(f'workdir {workdir!r} holds checkpoints but no {CONFIG_FILE}; it was not '
+                       'written by fisher_jax: choose another --workdir.')
+    return
+  with open(path) as f:
+    old = _flatten(json.load(f))
+  new = _flatten(_config_dict(config))
+  differing = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_FIELDS)
+  if differing:
+    details = ', '.join(f'{k} ({old.get(k)!r} there, {new.get(k)!r} now)' for k in differing)
+    raise ValueError(f'workdir {workdir!r} holds a run with a different config: {details}; '
+                     'choose another --workdir or rerun with the same config to resume.')
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict):
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    json.dump(_config_dict(config), f, indent=2, sort_keys=True)
+
+
+def _place_subset(subset: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
+  """Puts a fixed measurement subset on the devices: split over them if it divides, else whole."""
+  n = len(subset['label'])
+  sharding = parallel.batch_sharded(mesh) if n % mesh.size == 0 else parallel.replicated(mesh)
+  return {k: jax.device_put(np.asarray(v), sharding) for k, v in subset.items()}
+
+
+def _evaluate(eval_step, state, inp, split: str, batch_size: int, mesh) -> Dict[str, float]:
+  sums = None
+  for batch in inp.eval_iterator(split, batch_size):
+    out = eval_step(state, parallel.shard_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = float(sums['count'])
+  return {f'{split}/loss': float(sums['loss']) / count,
+          f'{split}/accuracy': float(sums['accuracy']) / count}
+
+
+def _build_penalty(config: ml_collections.ConfigDict):
+  """The step's penalty hooks, or (None, None) without a regularizer."""
+  name = config.regularizer.name
+  if name == 'none':
+    return None, None
+
+  def make_penalty_fn(train_logits_fn, eval_logits_fn, inputs, labels, rng):
+    logits_fn = eval_logits_fn if name in regularizers.PER_EXAMPLE else train_logits_fn
+    return regularizers.make_penalty_fn(name, logits_fn, inputs, labels, rng=rng,
+                                        axis_name=parallel.AXIS)
+
+  return make_penalty_fn, optim.latest_penalty
+
+
+class _Measurements:
+  """The loop's curvature measurements on fixed training subsets, as configured in `measure.*`."""
+
+  def __init__(self, config, model, inp, mesh, rng):
+    mc = config.measure
+    self._config = config
+    self._rng = rng
+    self._subset = _place_subset(inp.fixed_subset(mc.num_examples, kind='all'), mesh)
+    self._measure = jax.jit(steps.make_measure_fn(model, estimator=mc.fisher_estimator,
+                                                  batch_size=config.batch_size))
+    self._hessian = None
+    if mc.hessian_every_epochs:
+      self._hessian_subset = _place_subset(
+          inp.fixed_subset(mc.hessian_num_examples, kind='all'), mesh)
+      self._hessian = jax.jit(steps.make_hessian_fn(model, num_probes=mc.hessian_probes))
+    self._noisy = {}
+    if config.dataset.label_noise > 0:
+      self._noisy = {kind: _place_subset(inp.fixed_subset(mc.num_examples, kind=kind), mesh)
+                     for kind in ('clean', 'noisy')}
+      self._subset_metrics = jax.jit(steps.make_subset_metrics_fn(model))
+
+  def fisher(self, state) -> Dict[str, jax.Array]:
+    rng = jax.random.fold_in(self._rng, state.step)
+    out = dict(self._measure(state, self._subset['image'], self._subset['label'], rng))
+    for kind, subset in self._noisy.items():
+      acc, grad_norm = self._subset_metrics(state, subset['image'], subset['label'])
+      out[f'train_{kind}/accuracy'] = acc
+      out[f'train_{kind}/grad_norm'] = grad_norm
+    return out
+
+  def hessian(self, state) -> Dict[str, jax.Array]:
+    rng = jax.random.fold_in(jax.random.fold_in(self._rng, state.step), 1)
+    return self._hessian(state, self._hessian_subset['image'], self._hessian_subset['label'],
+                         rng)
+
+  def due(self, step: int, steps_per_epoch: int, last_step: int):
+    """Which measurements are due after `step` updates: (fisher, hessian)."""
+    mc = self._config.measure
+    epoch_end = step % steps_per_epoch == 0
+    epoch = step // steps_per_epoch
+    fisher = bool(mc.every_steps and step % mc.every_steps == 0) or bool(
+        epoch_end and mc.every_epochs and (epoch % mc.every_epochs == 0 or step == last_step))
+    hessian = bool(epoch_end and self._hessian is not None and (
+        epoch % mc.hessian_every_epochs == 0 or step == last_step))
+    return fisher, hessian
+
+
+def _init_from(state, init_from, mesh):
+  """Starts from the parameters and BatchNorm statistics of another run's checkpoint.
+
+  The optimizer state, the step counter and the RNG are this run's own (fresh), so a run can
+  continue another one with a different optimizer, regularizer or seed.
+  """
+  source = os.path.join(init_from.workdir, CHECKPOINT_DIR)
+  step, params, batch_stats = checkpoint.restore_model_variables(source, init_from.step)
+  ours = jax.tree.structure((state.params, state.batch_stats))
+  if jax.tree.structure((params, batch_stats)) != ours or any(
+      np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves((params, batch_stats)),
+                                                 jax.tree.leaves((state.params,
+                                                                  state.batch_stats)))):
+    raise ValueError(f'init_from.workdir={init_from.workdir!r} holds a different model; '
+                     'its model config must equal this run\'s model config.')
+  logging.info('Initialized from %s at step %d.', source, step)
+  placed = parallel.replicate((params, batch_stats), mesh)
+  return state.replace(params=placed[0], batch_stats=placed[1])
+
+
+def _every(epoch: int, every: int, is_last: bool) -> bool:
+  return is_last or bool(every and epoch % every == 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+  """Trains and evaluates the model of `config`, logging to and checkpointing in `workdir`.
+
+  Starting again with the same config and workdir resumes from the latest checkpoint (optimizer
+  state, RNG and data order included) and ends with the same numbers as an uninterrupted run.
+
+  Args:
+    config: the experiment config (see configs/default.py for the fields).
+    workdir: the run's directory: config.json, metrics.jsonl, TensorBoard events, checkpoints/.
+
+  Returns:
+    The last logged value of every metric.
+
+  Raises:
+    ValueError: a config field is unknown or impossible, or the workdir holds another run.
+  """
+  _check_loop_fields(config)
+  _check_workdir(workdir, config)
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, mesh)
+  inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed)
+  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  model = models.get_model(config.model.name, inp.spec.num_classes, **model_kwargs)
+  tx = optim.make_optimizer(config, inp.steps_per_epoch)
+  make_penalty_fn, latest_penalty = _build_penalty(config)
+  steps_per_epoch = inp.steps_per_epoch
+  last_step = config.num_epochs * steps_per_epoch
+  is_writer = jax.process_index() == 0
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, measure_rng = jax.random.split(rng)
+  create = jax.jit(
+      lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
+      out_shardings=parallel.replicated(mesh))
+  state = create(init_rng)
+  # Read (and check) another run's checkpoint before this run writes anything.
+  initial = _init_from(state, config.init_from, mesh) if config.init_from.workdir else None
+
+  os.makedirs(workdir, exist_ok=True)
+  if is_writer and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    _write_config(workdir, config)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state = ckpt.restore(start_step, state)
+    logging.info('Resumed from the checkpoint at step %d.', start_step)
+    if is_writer:
+      writers.truncate_metrics(workdir, start_step)
+  elif initial is not None:
+    state = initial
+
+  writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
+  train_step = parallel.data_parallel(
+      steps.make_train_step(model, tx, make_penalty_fn, latest_penalty), mesh,
+      batch_args=(1,), num_args=2, donate_argnums=(0,))
+  eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
+                                     num_args=2)
+  measurements = _Measurements(config, model, inp, mesh, measure_rng)
+  eval_splits = [s for s in ('val', 'test') if inp.has_split(s)]
+
+  if start_step == 0:
+    writer.write_hparams(_flatten(_config_dict(config)))
+    if config.measure.every_epochs or config.measure.every_steps:
+      writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
+  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
+                                           every_secs=30.0)
+  train_sums, train_count = None, 0
+  latest: Dict[str, float] = {}
+  iterator = inp.train_iterator(start_step)
+  for step in range(start_step + 1, last_step + 1):  # `step` counts updates done after it.
+    state, metrics = train_step(state, parallel.shard_batch(next(iterator), mesh))
+    train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
+    train_count += 1
+    report(step)
+
+    epoch_end = step % steps_per_epoch == 0
+    epoch = step // steps_per_epoch
+    is_last = step == last_step
+    record: Dict[str, Any] = {}
+    if epoch_end or (config.log_every_steps and step % config.log_every_steps == 0):
+      means = jax.device_get(train_sums)
+      record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
+                     float(v) / train_count for k, v in means.items()})
+      train_sums, train_count = None, 0
+    fisher_due, hessian_due = measurements.due(step, steps_per_epoch, last_step)
+    if fisher_due:
+      record.update(measurements.fisher(state))
+    if hessian_due:
+      record.update(measurements.hessian(state))
+    if epoch_end and _every(epoch, config.eval_every_epochs, is_last):
+      for split in eval_splits:
+        record.update(_evaluate(eval_step, state, inp, split, config.batch_size, mesh))
+    if record:
+      record = {k: float(v) for k, v in jax.device_get(record).items()}
+      writer.write_scalars(step, record)
+      latest.update(record)
+    if epoch_end and _every(epoch, config.checkpoint_every_epochs, is_last):
+      ckpt.save(step, state)
+
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  return latest

@@ -1,0 +1,90 @@
+"""Metric writers: TensorBoard and console (clu) plus the run's `metrics.jsonl`.
+
+`metrics.jsonl` holds one JSON object per logged point, `{"step", "epoch", <metric>: value}`;
+analysis code reads only it and `config.json`. Only process 0 writes files; the other processes
+get a writer that discards everything.
+"""
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+from clu import metric_writers
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
+
+  Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}`; the file is flushed
+  after every line so a killed run loses nothing it reported.
+  """
+
+  def __init__(self, workdir: str, steps_per_epoch: int):
+    self._steps_per_epoch = steps_per_epoch
+    self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {'step': int(step), 'epoch': int(step) / self._steps_per_epoch}
+    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def read_metrics(workdir: str):
+  """The records of `<workdir>/metrics.jsonl` as a list of dicts (empty if none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, last_step: int):
+  """Drops records after `last_step` (a resumed run re-logs the steps after its checkpoint)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  kept = [r for r in read_metrics(workdir) if r['step'] <= last_step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
+
+
+def create_writer(workdir: str, steps_per_epoch: int,
+                  process_index: int = 0) -> metric_writers.MetricWriter:
+  """TensorBoard events + console logging + metrics.jsonl on process 0; nothing elsewhere."""
+  if process_index != 0:
+    return metric_writers.MultiWriter([])
+  default = metric_writers.create_default_writer(workdir, asynchronous=False)
+  return metric_writers.MultiWriter([default, JsonlWriter(workdir, steps_per_epoch)])

@@ -1,0 +1,73 @@
+"""Data parallelism: 8 fake CPU devices give the same numbers as 1 for the same global batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fisher_jax import models
+from fisher_jax import optim
+from fisher_jax import parallel
+from fisher_jax import state as state_lib
+from fisher_jax import steps
+
+
+def _run_steps(config, mesh, batches, model):
+  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
+                   out_shardings=parallel.replicated(mesh))
+  state = create(jax.random.PRNGKey(0))
+  step = parallel.data_parallel(steps.make_train_step(model, tx), mesh, batch_args=(1,),
+                                num_args=2, donate_argnums=(0,))
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state)
+
+
+def _batches(num, batch_size=32, seed=0):
+  rng = np.random.RandomState(seed)
+  return [{'image': rng.normal(size=(batch_size, 8, 8, 1)).astype(np.float32),
+           'label': rng.randint(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
+
+
+@pytest.mark.parametrize('model_name, kwargs', [('simple_cnn', {})])
+def test_eight_devices_equal_one_device(default_config, model_name, kwargs):
+  assert jax.device_count() == 8
+  model = models.get_model(model_name, 10, **kwargs)
+  batches = _batches(4)
+  losses_1, state_1 = _run_steps(default_config, parallel.make_mesh(jax.devices()[:1]),
+                                 batches, model)
+  losses_8, state_8 = _run_steps(default_config, parallel.make_mesh(), batches, model)
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
+  assert losses_1[-1] != losses_1[0]  # The parameters did move.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               state_8.params, state_1.params)
+  jax.tree.map(np.testing.assert_array_equal, state_8.step, state_1.step)
+
+
+def test_eval_step_counts_padded_examples_once():
+  mesh = parallel.make_mesh()
+  model = models.get_model('simple_cnn', 10)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))['params']
+  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                               opt_state=(), rng=jax.random.PRNGKey(1))
+  eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
+                                     num_args=2)
+  (batch,) = _batches(1, batch_size=16)
+  real = 11
+  batch['mask'] = (np.arange(16) < real).astype(np.float32)
+  batch['image'][real:] = 1e3  # Padding content must not matter.
+  sums = jax.device_get(eval_step(state, parallel.shard_batch(batch, mesh)))
+  logits = model.apply({'params': params}, batch['image'][:real])
+  expected_correct = np.sum(np.argmax(logits, -1) == batch['label'][:real])
+  assert sums['count'] == real
+  assert sums['accuracy'] == expected_correct
+  ce = -jax.nn.log_softmax(logits)[np.arange(real), batch['label'][:real]]
+  np.testing.assert_allclose(sums['loss'], np.sum(ce), rtol=1e-5)
+
+
+def test_batch_size_must_split_over_devices():
+  with pytest.raises(ValueError, match='batch_size=100'):
+    parallel.check_divisible(100, parallel.make_mesh())

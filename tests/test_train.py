@@ -1,0 +1,124 @@
+"""The training spine end to end: workdir files, CLI overrides, validation, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from fisher_jax import train
+from fisher_jax import writers
+
+
+def _small(config, epochs=2):
+  config.num_epochs = epochs
+  config.measure.num_examples = 64
+  return config
+
+
+def _run_cli(workdir, *overrides, timeout=300):
+  cmd = [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
+         '--workdir', str(workdir), *overrides]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp_path):
+  config = _small(default_config, epochs=2)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert json.load(open(tmp_path / 'config.json')) == json.loads(config.to_json())
+  records = writers.read_metrics(str(tmp_path))
+  epoch_ends = [r for r in records if 'test/accuracy' in r]
+  assert [r['epoch'] for r in epoch_ends] == [1.0, 2.0]
+  for record in epoch_ends:
+    for name in ('train/loss', 'train/accuracy', 'val/accuracy', 'test/accuracy',
+                 'curvature/fisher_trace', 'curvature/fisher_trace_batch',
+                 'curvature/grad_norm'):
+      assert np.isfinite(record[name]), name
+  assert records[0]['step'] == 0 and 'curvature/fisher_trace' in records[0]
+  assert final['test/accuracy'] == epoch_ends[-1]['test/accuracy']
+  assert final['test/accuracy'] > 0.5  # Learns (well above 0.1 chance) in two epochs.
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['11', '22']
+
+
+def test_cli_override_takes_effect_and_is_recorded(tmp_path):
+  result = _run_cli(tmp_path, '--config.optimizer.learning_rate=0.003', '--config.num_epochs=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.load(open(tmp_path / 'config.json'))['optimizer']['learning_rate'] == 0.003
+
+
+@pytest.mark.parametrize('override, field', [
+    ('--config.model.name=resnet9000', 'model.name'),
+    ('--config.dataset.name=mnist_typo', 'dataset.name'),
+    ('--config.optimizer.name=adagrad_typo', 'optimizer.name'),
+    ('--config.optimizer.learning_rate=-0.1', 'optimizer.learning_rate'),
+    ('--config.batch_size=100', 'batch_size'),  # 100 does not split over 8 devices.
+])
+def test_cli_bad_config_exits_with_one_sentence(tmp_path, override, field):
+  result = _run_cli(tmp_path / 'run', override)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('fisher_jax: ') and field in last, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run' / 'config.json').exists()
+
+
+def test_different_config_in_same_workdir_is_refused_and_nothing_changes(
+    default_config, tmp_path):
+  train.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
+  before = {p: os.path.getmtime(p) for p in tmp_path.rglob('*')}
+  other = _small(default_config, epochs=1)
+  other.optimizer.learning_rate = 0.5
+  other.seed = 3
+  with pytest.raises(ValueError, match=r'optimizer\.learning_rate.*seed|seed.*learning_rate'):
+    train.train_and_evaluate(other, str(tmp_path))
+  assert {p: os.path.getmtime(p) for p in tmp_path.rglob('*')} == before
+
+
+def test_checkpoints_of_unknown_origin_are_refused(default_config, tmp_path):
+  (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
+  with pytest.raises(ValueError, match='no config.json'):
+    train.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
+  assert os.listdir(tmp_path) == ['checkpoints']
+
+
+def _final_record(workdir):
+  return [r for r in writers.read_metrics(str(workdir)) if 'test/accuracy' in r][-1]
+
+
+def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
+  overrides = ('--config.num_epochs=4', '--config.measure.num_examples=64')
+  reference = _run_cli(tmp_path / 'reference', *overrides)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+
+  workdir = tmp_path / 'killed'
+  cmd = [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
+         '--workdir', str(workdir), *overrides]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [r['step'] for r in writers.read_metrics(str(workdir))]
+    if steps and max(steps) >= 22:  # Epoch 2 logged: its checkpoint is being written.
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(r['step'] for r in writers.read_metrics(str(workdir)))
+  assert killed_at < 44
+
+  resumed = _run_cli(workdir, *overrides)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'Resumed from the checkpoint' in resumed.stderr
+  records = writers.read_metrics(str(workdir))
+  steps = [r['step'] for r in records if 'test/accuracy' in r]
+  assert steps == [11, 22, 33, 44]  # Each epoch logged once: no duplicates after the resume.
+  expected, got = _final_record(tmp_path / 'reference'), _final_record(workdir)
+  for name in ('train/loss', 'test/accuracy', 'test/loss', 'val/loss',
+               'curvature/fisher_trace'):
+    np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=name)

@@ -12,13 +12,24 @@ from typing import Callable, Dict
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fisher_jax.models.densenet import DenseNet, densenet, densenet121
+from fisher_jax.models.resnet import ResNet, resnet18, resnet50
 from fisher_jax.models.simple_cnn import SimpleCNN
+from fisher_jax.models.vgg import VGG, vgg11
+from fisher_jax.models.wide_resnet import WideResNet, wide_resnet
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
+           'float64': jnp.float64}  # float64 needs jax.enable_x64 (brute-force references).
 
 # name -> constructor(num_classes, **kwargs). Variants are partials of a family's class.
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     'simple_cnn': SimpleCNN,
+    'vgg11': vgg11,
+    'resnet18': resnet18,
+    'resnet50': resnet50,
+    'wide_resnet': wide_resnet,
+    'densenet': densenet,
+    'densenet121': densenet121,
 }
 
 

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fisher_jax.models import layers
+
 
 class SimpleCNN(nn.Module):
   """Two conv blocks and a two-layer classifier head.
@@ -27,7 +29,7 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """Maps images [B, H, W, C_in] to logits [B, num_classes] (float32)."""
+    """Maps images [B, H, W, C_in] to logits [B, num_classes] (float32; float64 if dtype is)."""
     del train  # No BatchNorm or dropout: train and eval modes are the same function.
     x = x.astype(self.dtype)
     for width in self.widths:
@@ -37,4 +39,4 @@ class SimpleCNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.logits_dtype(self.dtype))

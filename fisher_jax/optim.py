@@ -1,64 +1,260 @@
-"""Optimizers and learning-rate schedules from the config (optax).
+"""Optimizers, learning-rate schedules and the penalty transformation (optax).
 
 `make_optimizer(config, steps_per_epoch)` returns the optax transformation the training loop
-uses: the optimizer named by `config.optimizer`, with its schedule.
+uses: `add_penalty_gradient` for `config.regularizer` (unless its name is 'none') chained with
+the optimizer of `config.optimizer` and its schedule. It always accepts the extra argument
+`penalty_fn`, so one step function serves every regularizer:
+
+```
+tx = optim.make_optimizer(config, steps_per_epoch)
+opt_state = tx.init(params)
+...  # in the step (one device's view):
+penalty_fn = regularizers.make_penalty_fn(config.regularizer.name, logits_fn, inputs, labels,
+                                          rng=step_rng, axis_name='data')
+updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
+params = optax.apply_updates(params, updates)
+optim.latest_penalty(opt_state)   # [] for logging regularizer/penalty
+```
+
+`add_penalty_gradient` composes with any optax optimizer:
+`optax.chain(optim.add_penalty_gradient(0.1, every_k=10), optax.adam(1e-3))`.
 """
 
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
 import optax
+
+from fisher_jax import regularizers
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
 
 
-def make_schedule(opt_config, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
-  """Learning rate per step: linear warm-up for `warmup_epochs`, then the named schedule.
+class PenaltyState(NamedTuple):
+  """State of `add_penalty_gradient`; identical on every device.
 
-  'constant' keeps `learning_rate`; 'cosine' decays it to 0 at the end of training; 'step'
-  multiplies it by `decay_factor` at each epoch in `decay_epochs`.
+  Attributes:
+    count: [] int32, number of updates done.
+    recompute: [] bool, whether the next update calls `penalty_fn`.
+    value: [] the latest computed penalty value (unscaled; 0 before the first).
+    grads: the latest computed penalty gradient (unscaled; zeros before the first), like params.
   """
-  base = opt_config.learning_rate
-  total = max(int(num_epochs * steps_per_epoch), 1)
-  warmup = int(round(opt_config.get('warmup_epochs', 0) * steps_per_epoch))
+  count: jax.Array
+  recompute: jax.Array
+  value: jax.Array
+  grads: Any
+
+
+def _is_due(count, start_step: int, every_k: int):
+  return (count >= start_step) & ((count - start_step) % every_k == 0)
+
+
+def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int = 1,
+                         start_step: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Adds `strength * grad P(params)` to the updates (P a penalty, e.g. the Fisher penalty).
+
+  `update(updates, state, params, *, penalty_fn)` needs `params` and the keyword argument
+  `penalty_fn: params -> (value [], grads like params)` (e.g. `regularizers.make_penalty_fn`).
+  With t the number of updates done before this one:
+
+  * t < start_step: updates pass unchanged and `penalty_fn` is not called;
+  * t >= start_step and (t - start_step) % every_k == 0: `penalty_fn(params)` is called (inside
+    `lax.cond`, so the other steps do not pay for it) and its gradient cached;
+  * otherwise the cached gradient is reused;
+  * from start_step on, `strength(t) * cached_grads` is added (`strength` a float or a schedule).
+
+  Args:
+    strength: the penalty's coefficient, a float >= 0 or an optax schedule of the step count.
+    every_k: recompute the penalty gradient every `every_k` steps (>= 1).
+    start_step: first step with the penalty (>= 0).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; chain it before the optimizer.
+  """
+  if not callable(strength) and strength < 0:
+    raise ValueError(f'strength={strength} is negative; the penalty strength must be >= 0.')
+  if int(every_k) != every_k or every_k < 1:
+    raise ValueError(f'every_k={every_k} is invalid; it must be an integer >= 1.')
+  if int(start_step) != start_step or start_step < 0:
+    raise ValueError(f'start_step={start_step} is invalid; it must be an integer >= 0.')
+  every_k, start_step = int(every_k), int(start_step)
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    count = jnp.zeros([], jnp.int32)
+    return PenaltyState(count=count, recompute=_is_due(count, start_step, every_k),
+                        value=jnp.zeros([], dtype), grads=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates, state, params=None, *, penalty_fn: Callable = None, **extra_args):
+    del extra_args  # Meant for other transformations of a chain.
+    if params is None:
+      raise ValueError('add_penalty_gradient needs the parameters: call '
+                       'tx.update(grads, state, params, penalty_fn=...).')
+    if penalty_fn is None:
+      raise ValueError('add_penalty_gradient needs the keyword argument penalty_fn '
+                       '(params -> (value, grads)): call '
+                       'tx.update(grads, state, params, penalty_fn=...).')
+
+    def recompute(p):
+      value, grads = penalty_fn(p)
+      return (jnp.asarray(value).astype(state.value.dtype),
+              optax.tree_utils.tree_cast_like(grads, state.grads))
+
+    value, grads = lax.cond(state.recompute, recompute,
+                            lambda _: (state.value, state.grads), params)
+    scale = strength(state.count) if callable(strength) else strength
+    scale = jnp.where(state.count >= start_step, scale, 0.0)
+    updates = jax.tree.map(lambda u, g: u + (scale * g).astype(u.dtype), updates, grads)
+    count = optax.safe_int32_increment(state.count)
+    return updates, PenaltyState(count=count, recompute=_is_due(count, start_step, every_k),
+                                 value=value, grads=grads)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _penalty_state(opt_state):
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, PenaltyState))
+            if isinstance(s, PenaltyState)]
+  if len(states) > 1:
+    raise ValueError(f'opt_state holds {len(states)} add_penalty_gradient states; expected one.')
+  return states[0] if states else None
+
+
+def penalty_due(opt_state) -> jax.Array:
+  """[] bool: whether the next update recomputes the penalty (False without a penalty)."""
+  state = _penalty_state(opt_state)
+  return jnp.asarray(False) if state is None else state.recompute
+
+
+def latest_penalty(opt_state) -> jax.Array:
+  """[] the latest computed penalty value, unscaled (0 before the start or without a penalty)."""
+  state = _penalty_state(opt_state)
+  return jnp.zeros([], jnp.float32) if state is None else state.value
+
+
+def _number(field: str, value, *, low: float, low_ok: bool = True, high: float = None):
+  """Returns `value` after checking low <(=) value (< high); `field` names the config field."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
+  if not ok:
+    bound = f'>= {low}' if low_ok else f'> {low}'
+    if high is not None:
+      bound += f' and < {high}'
+    raise ValueError(f'{field}={value!r} is invalid; it must be a number {bound}.')
+  return value
+
+
+def make_schedule(opt_config, steps_per_epoch: int, num_epochs: float) -> optax.Schedule:
+  """Learning rate per step: linear warm-up from 0 for `warmup_epochs`, then the schedule.
+
+  'constant' keeps `learning_rate`; 'cosine' decays it to 0 at the end of training
+  (`num_epochs`); 'step' multiplies it by `decay_factor` at each epoch in `decay_epochs`
+  (epochs counted from the start of training, warm-up included).
+  """
+  base = _number('optimizer.learning_rate', opt_config.learning_rate, low=0, low_ok=False)
+  warmup_epochs = _number('optimizer.warmup_epochs', opt_config.get('warmup_epochs', 0),
+                          low=0)
+  total = max(int(round(num_epochs * steps_per_epoch)), 1)
+  warmup = int(round(warmup_epochs * steps_per_epoch))
   name = opt_config.get('schedule', 'constant')
+  if name == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total, warmup + 1))
   if name == 'constant':
     main = optax.constant_schedule(base)
-  elif name == 'cosine':
-    main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1))
   elif name == 'step':
-    boundaries = {int(e * steps_per_epoch) - warmup: opt_config.get('decay_factor', 0.1)
-                  for e in opt_config.get('decay_epochs', ())}
+    decay_epochs = opt_config.get('decay_epochs', ())
+    factor = _number('optimizer.decay_factor', opt_config.get('decay_factor', 0.1), low=0,
+                     low_ok=False)
+    if isinstance(decay_epochs, (int, float)):
+      decay_epochs = (decay_epochs,)
+    if not decay_epochs:
+      raise ValueError("optimizer.decay_epochs is empty; schedule='step' needs the epochs at "
+                       'which to multiply the learning rate by optimizer.decay_factor.')
+    boundaries = {}
+    for epoch in decay_epochs:
+      _number('optimizer.decay_epochs', epoch, low=0, low_ok=False)
+      step = int(round(epoch * steps_per_epoch))
+      boundaries[step] = boundaries.get(step, 1.0) * factor
     main = optax.piecewise_constant_schedule(base, boundaries)
   else:
     raise ValueError(f'optimizer.schedule={name!r} is unknown; choose one of {list(SCHEDULES)}.')
   if warmup <= 0:
     return main
+  # join_schedules calls the second schedule with (step - warmup): shift back to absolute steps.
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, base, warmup), main], boundaries=[warmup])
+      [optax.linear_schedule(0.0, base, warmup), lambda step: main(step + warmup)],
+      boundaries=[warmup])
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimizer of `config.optimizer` with its schedule.
-
-  `weight_decay` is L2 regularization added to the gradient (coupled, as in the study's SGD
-  runs); for 'adamw' it is the decoupled decay.
-  """
-  opt = config.optimizer
-  lr = make_schedule(opt, steps_per_epoch, config.num_epochs)
-  name = opt.name
-  wd = opt.get('weight_decay', 0.0)
-  if name in ('sgd', 'momentum', 'nesterov'):
-    momentum = opt.get('momentum', 0.0) or None
-    if name == 'sgd' and momentum is None:
-      base = optax.sgd(lr)
-    else:
-      base = optax.sgd(lr, momentum=momentum or 0.9,
-                       nesterov=(name == 'nesterov') or opt.get('nesterov', False))
-  elif name == 'adam':
-    base = optax.adam(lr)
-  elif name == 'adamw':
-    return optax.adamw(lr, weight_decay=wd)
-  else:
+def _make_base_optimizer(opt_config, learning_rate) -> optax.GradientTransformation:
+  """The optimizer of `config.optimizer` (without the penalty)."""
+  name = opt_config.name
+  if name not in OPTIMIZERS:
     raise ValueError(f'optimizer.name={name!r} is unknown; choose one of {list(OPTIMIZERS)}.')
-  if wd:
+  wd = _number('optimizer.weight_decay', opt_config.get('weight_decay', 0.0), low=0)
+  nesterov = opt_config.get('nesterov', False)
+  if not isinstance(nesterov, bool):
+    raise ValueError(f'optimizer.nesterov={nesterov!r} is invalid; it must be True or False.')
+  if name in ('sgd', 'momentum', 'nesterov'):
+    default_momentum = 0.0 if name == 'sgd' else 0.9
+    momentum = _number('optimizer.momentum', opt_config.get('momentum', default_momentum),
+                       low=0, high=1)
+    nesterov = nesterov or name == 'nesterov'
+    if name != 'sgd' and momentum == 0:
+      raise ValueError(f'optimizer.momentum=0 is invalid for optimizer.name={name!r}; set it in '
+                       "(0, 1) or use optimizer.name='sgd'.")
+    if nesterov and momentum == 0:
+      raise ValueError('optimizer.nesterov=True needs optimizer.momentum in (0, 1).')
+    base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  else:
+    if nesterov:
+      raise ValueError(f'optimizer.nesterov=True is only for SGD; optimizer.name={name!r} '
+                       'does not use it.')
+    if name == 'adamw':
+      return optax.adamw(learning_rate, weight_decay=wd)  # Decoupled weight decay.
+    base = optax.adam(learning_rate)
+  if wd:  # L2 regularization added to the gradient (coupled).
     return optax.chain(optax.add_decayed_weights(wd), base)
   return base
+
+
+def make_penalty(reg_config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """`add_penalty_gradient` from `config.regularizer.{strength, every_k, start_epoch}`."""
+  regularizers.validate_name(reg_config.name)
+  strength = _number('regularizer.strength', reg_config.get('strength', 0.0), low=0)
+  every_k = reg_config.get('every_k', 1)
+  if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
+    raise ValueError(f'regularizer.every_k={every_k!r} is invalid; it must be an integer >= 1.')
+  start_epoch = _number('regularizer.start_epoch', reg_config.get('start_epoch', 0), low=0)
+  return add_penalty_gradient(strength, every_k=every_k,
+                              start_step=int(round(start_epoch * steps_per_epoch)))
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """The optimizer of `config.optimizer`, after the penalty of `config.regularizer`.
+
+  `weight_decay` is L2 regularization added to the gradient (coupled, as in the study's SGD
+  runs); for 'adamw' it is the decoupled decay. The penalty gradient is added to the loss
+  gradient before weight decay and the optimizer see it. The result always accepts the extra
+  argument `penalty_fn` (ignored when `regularizer.name` is 'none').
+
+  Raises:
+    ValueError: an unknown name or an impossible value, naming the config field.
+  """
+  if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
+    raise ValueError(f'steps_per_epoch={steps_per_epoch} must be an integer >= 1; check '
+                     'batch_size against the training set size.')
+  num_epochs = _number('num_epochs', config.num_epochs, low=0, low_ok=False)
+  lr = make_schedule(config.optimizer, steps_per_epoch, num_epochs)
+  base = _make_base_optimizer(config.optimizer, lr)
+  reg_config = config.get('regularizer', None)
+  if reg_config is None:
+    return optax.with_extra_args_support(base)
+  penalty = make_penalty(reg_config, steps_per_epoch)
+  if reg_config.name == 'none':
+    return optax.with_extra_args_support(base)
+  return optax.chain(penalty, base)

@@ -56,7 +56,12 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
+from fisher_jax import losses
+
 NAMES = ('none', 'fp', 'fp_exact', 'gp', 'gpr', 'gpx')
+# Penalties summed over per-example terms: their logits_fn must be per-example independent
+# (BatchNorm in eval mode); the others may use the training forward pass.
+PER_EXAMPLE = ('fp_exact', 'gpx')
 
 _SAMPLED = ('fp', 'fp_exact')
 _GRADIENT_NORM = ('fp', 'gp', 'gpr')
@@ -89,8 +94,7 @@ def validate_name(name: str) -> None:
 
 def _mean_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean over the rows of the per-example cross-entropy -log p(y|x); logits [b, C]."""
-  # TODO(regularizers): switch to fisher_jax.losses.cross_entropy when it lands.
-  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return losses.cross_entropy(logits, labels).mean()
 
 
 def _pmean(tree, axis_name: Optional[str]):
@@ -218,8 +222,7 @@ def _fp_exact_value(logits_fn, params, inputs, labels, rng, axis_name):
 
 
 def _summed_ce(logits_fn, params, inputs, labels):
-  return optax.losses.softmax_cross_entropy_with_integer_labels(
-      logits_fn(params, inputs), labels).sum()
+  return losses.cross_entropy(logits_fn(params, inputs), labels).sum()
 
 
 def _check_floating_inputs(inputs):

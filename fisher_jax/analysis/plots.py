@@ -1,0 +1,446 @@
+"""One plot function per experiment of the study, each writing `<name>.png` and `<name>.csv`.
+
+Every function takes the loaded runs of its experiment (`runs.load_runs`) and an output
+directory, writes the figure (matplotlib, Agg, no pyplot state) and the CSV of exactly the
+numbers plotted, and returns that CSV's DataFrame. Runs are told apart by the `experiment`
+block of their config (`group`: one setting, a panel row; `variant`: one line or point); runs
+that share group and variant are seeds, drawn as their mean with a band (or error bar) of one
+standard deviation over seeds.
+
+| experiment | function | figure |
+| --- | --- | --- |
+| 1 fisher_explosion | plot_fisher_explosion | train/val accuracy, Tr(F), gradient norm per epoch |
+| 2 early_fisher | plot_early_fisher | early Tr(F_i) against best test accuracy |
+| 3 regularizers | plot_regularizers, table_regularizers | val accuracy and Tr(F) curves; table |
+| 4 fp_start | plot_fp_start | final test accuracy against the epoch FP starts |
+| 5 memorization | plot_memorization | clean/noisy accuracy, gradient norms and their ratio |
+| 6 flat_minima | plot_flat_minima | histograms of Tr(H) at the best test point and best test acc |
+| 7 hessian_trace | plot_hessian_trace | Tr(H) (and Tr(F)) over training |
+| 8 curvature_correlations | plot_curvature_correlations | Tr(F) vs Tr(F_B), Tr(F) vs Tr(H) |
+| 9 fp_every_k | plot_fp_every_k | val accuracy and Tr(F): FP every step / every 10 / exact |
+| 10 per_step | plot_per_step | per-step Tr(F) and mini-batch accuracy |
+"""
+
+import math
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
+
+from fisher_jax.analysis import stats
+from fisher_jax.analysis import summaries
+from fisher_jax.analysis.runs import Run
+from fisher_jax.analysis.runs import label_of
+
+FISHER = 'curvature/fisher_trace'
+FISHER_BATCH = 'curvature/fisher_trace_batch'
+GRAD_NORM = 'curvature/grad_norm'
+HESSIAN = 'curvature/hessian_trace'
+
+_TITLES = {
+    'train/accuracy': 'train accuracy', 'val/accuracy': 'validation accuracy',
+    'test/accuracy': 'test accuracy', FISHER: 'Tr(F)', FISHER_BATCH: 'Tr(F_B)',
+    GRAD_NORM: 'gradient norm', HESSIAN: 'Tr(H)',
+    'train_clean/accuracy': 'train accuracy, clean labels',
+    'train_noisy/accuracy': 'train accuracy, noisy labels',
+    'train_clean/grad_norm': 'gradient norm, clean examples',
+    'train_noisy/grad_norm': 'gradient norm, noisy examples',
+    'grad_norm_ratio': 'gradient norm ratio noisy / clean',
+}
+_LOG_SCALE = (FISHER, FISHER_BATCH, GRAD_NORM, HESSIAN, 'train_clean/grad_norm',
+              'train_noisy/grad_norm')
+Derived = Dict[str, Callable[[pd.DataFrame], pd.Series]]
+
+
+def _title(metric: str) -> str:
+  return _TITLES.get(metric, metric)
+
+
+def _save(fig: Figure, frame: pd.DataFrame, out_dir: str, name: str) -> pd.DataFrame:
+  os.makedirs(out_dir, exist_ok=True)
+  fig.savefig(os.path.join(out_dir, f'{name}.png'), dpi=110, bbox_inches='tight')
+  frame.to_csv(os.path.join(out_dir, f'{name}.csv'), index=False)
+  return frame
+
+
+def _groups(runs: Sequence[Run]) -> List[str]:
+  return sorted({r.group for r in runs})
+
+
+def _variant_order(runs: Sequence[Run]) -> List[str]:
+  """Variants in the order their runs come (sweeps list baselines first)."""
+  seen = []
+  for r in runs:
+    if label_of(r) not in seen:
+      seen.append(label_of(r))
+  return seen
+
+
+def _long_curves(runs: Sequence[Run], metrics: Sequence[str],
+                 derived: Optional[Derived] = None) -> pd.DataFrame:
+  """Rows (group, variant, seed, run, metric, step, epoch, value) for every logged point."""
+  rows = []
+  for run in runs:
+    frame = run.metrics.copy()
+    for name, fn in (derived or {}).items():
+      frame[name] = fn(frame) if len(frame) else []
+    for metric in metrics:
+      if metric not in frame:
+        continue
+      points = frame[['step', 'epoch', metric]].dropna()
+      rows.append(pd.DataFrame({
+          'group': run.group, 'variant': label_of(run), 'seed': run.get('seed'),
+          'run': run.name, 'metric': metric, 'step': points['step'].to_numpy(),
+          'epoch': points['epoch'].to_numpy(), 'value': points[metric].to_numpy()}))
+  if not rows:
+    return pd.DataFrame(columns=['group', 'variant', 'seed', 'run', 'metric', 'step', 'epoch',
+                                 'value'])
+  return pd.concat(rows, ignore_index=True)
+
+
+def _seed_curves(long: pd.DataFrame) -> pd.DataFrame:
+  """Mean/std/n over seeds at each (group, variant, metric, epoch)."""
+  out = stats.mean_std(long, ['group', 'variant', 'metric', 'epoch'], ['value'])
+  return out.rename(columns={'value_mean': 'mean', 'value_std': 'std'})
+
+
+def _empty_figure(message: str) -> Figure:
+  fig = Figure(figsize=(5, 2))
+  ax = fig.add_subplot(1, 1, 1)
+  ax.axis('off')
+  ax.text(0.5, 0.5, message, ha='center', va='center')
+  return fig
+
+
+def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequence[str],
+                     variants: Optional[Sequence[str]] = None,
+                     derived: Optional[Derived] = None, suptitle: str = '') -> pd.DataFrame:
+  """Rows = groups, columns = metrics, one line (mean over seeds, ±1 std band) per variant."""
+  if variants is not None:
+    runs = [r for r in runs if label_of(r) in variants]
+  curves = _seed_curves(_long_curves(runs, metrics, derived))
+  groups = _groups(runs)
+  if not len(curves):
+    return _save(_empty_figure(f'{name}: no runs with {", ".join(metrics)}'), curves, out_dir,
+                 name)
+  order = [v for v in (variants or _variant_order(runs)) if v in set(curves.variant)]
+  fig = Figure(figsize=(4.2 * len(metrics), 3.2 * len(groups)))
+  axes = fig.subplots(len(groups), len(metrics), squeeze=False)
+  colors = {v: f'C{i % 10}' for i, v in enumerate(order)}
+  for i, group in enumerate(groups):
+    for j, metric in enumerate(metrics):
+      ax = axes[i][j]
+      for variant in order:
+        c = curves[(curves.group == group) & (curves.variant == variant) &
+                   (curves.metric == metric)].sort_values('epoch')
+        if not len(c):
+          continue
+        ax.plot(c.epoch, c['mean'], color=colors[variant], label=variant, lw=1.4)
+        if (c.n > 1).any():
+          ax.fill_between(c.epoch, c['mean'] - c['std'], c['mean'] + c['std'],
+                          color=colors[variant], alpha=0.2, lw=0)
+      if metric in _LOG_SCALE and (curves[curves.metric == metric]['mean'] > 0).all():
+        ax.set_yscale('log')
+      ax.set_title(f'{group}: {_title(metric)}' if group else _title(metric), fontsize=9)
+      ax.set_xlabel('epoch')
+      ax.grid(alpha=0.3)
+      if j == 0 and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+  if suptitle:
+    fig.suptitle(suptitle, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, curves, out_dir, name)
+
+
+def plot_fisher_explosion(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 1: train/val accuracy, Tr(F) and gradient norm per epoch, per learning rate.
+
+  Returns:
+    The curves: group, variant, metric, epoch, mean, std, n (over seeds).
+  """
+  return _plot_curve_grid(runs, out_dir, 'fisher_explosion',
+                          ['train/accuracy', 'val/accuracy', FISHER, GRAD_NORM])
+
+
+def early_phase_table(runs: Sequence[Run], phase: summaries.EarlyPhase,
+                      target: str = 'test/accuracy') -> pd.DataFrame:
+  """One row per run: group, variant, seed, run, learning_rate, batch_size, early_fisher, best.
+
+  `early_fisher` is `summaries.early_value(run, phase)`; `best` the best value of `target`.
+  """
+  return pd.DataFrame([{
+      'group': r.group, 'variant': label_of(r), 'seed': r.get('seed'), 'run': r.name,
+      'learning_rate': r.get('optimizer.learning_rate'), 'batch_size': r.get('batch_size'),
+      'early_fisher': summaries.early_value(r, phase),
+      'best': summaries.best_value(r, target)} for r in runs],
+      columns=['group', 'variant', 'seed', 'run', 'learning_rate', 'batch_size', 'early_fisher',
+               'best'])
+
+
+def plot_early_fisher(runs: Sequence[Run], out_dir: str,
+                      phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
+  """Experiment 2: early Tr(F_i) against the best test accuracy, one panel per sweep group.
+
+  Each point is one variant (a learning rate or a batch size): the mean over seeds, with error
+  bars of one standard deviation over seeds on both axes. The panel title gives the Spearman
+  correlation over the individual runs.
+
+  Returns:
+    One row per (group, variant): early_fisher_mean/std, best_mean/std, n, and the group's
+    spearman_rho over runs.
+  """
+  table = early_phase_table(runs, phase)
+  if not len(table):
+    return _save(_empty_figure('early_fisher: no runs'), table, out_dir, 'early_fisher')
+  points = stats.mean_std(table, ['group', 'variant', 'learning_rate', 'batch_size'],
+                          ['early_fisher', 'best'])
+  groups = _groups(runs)
+  fig = Figure(figsize=(4.2 * len(groups), 3.6))
+  axes = fig.subplots(1, len(groups), squeeze=False)[0]
+  points['spearman_rho'] = math.nan
+  for ax, group in zip(axes, groups):
+    p = points[points.group == group]
+    per_run = table[table.group == group]
+    rho = stats.correlation(per_run.early_fisher, per_run.best, 'spearman')
+    points.loc[points.group == group, 'spearman_rho'] = rho.r
+    ax.errorbar(p.early_fisher_mean, p.best_mean, xerr=p.early_fisher_std, yerr=p.best_std,
+                fmt='o', capsize=3)
+    for _, row in p.iterrows():
+      ax.annotate(row.variant, (row.early_fisher_mean, row.best_mean), fontsize=7,
+                  textcoords='offset points', xytext=(4, 4))
+    if (p.early_fisher_mean > 0).all():
+      ax.set_xscale('log')
+    ax.set_xlabel('early-phase Tr(F_i)')
+    ax.set_ylabel('best test accuracy')
+    ax.set_title(f'{group}: Spearman rho={rho.r:.2f} (n={rho.n})', fontsize=9)
+    ax.grid(alpha=0.3)
+  fig.suptitle(f'Tr(F_i): {phase.describe()}', fontsize=8)
+  fig.tight_layout()
+  return _save(fig, points, out_dir, 'early_fisher')
+
+
+def plot_regularizers(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 3 (curves): validation accuracy and Tr(F) of FP and GPx against the small-lr
+  baseline (and the tuned-lr reference), one row per setting."""
+  return _plot_curve_grid(runs, out_dir, 'regularizers', ['val/accuracy', FISHER],
+                          variants=['tuned_lr', 'small_lr', 'fp', 'gpx'])
+
+
+def final_table(runs: Sequence[Run], metric: str = 'test/accuracy') -> pd.DataFrame:
+  """Final `metric` per (group, variant): mean, std over seeds, n (long format)."""
+  frame = pd.DataFrame([{'group': r.group, 'variant': label_of(r),
+                         'value': summaries.final_value(r, metric)} for r in runs],
+                       columns=['group', 'variant', 'value'])
+  return stats.mean_std(frame, ['group', 'variant'], ['value']).rename(
+      columns={'value_mean': 'mean', 'value_std': 'std'})
+
+
+def table_regularizers(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 3 (table): final test accuracy per setting (rows) and variant (columns).
+
+  Writes `regularizers_table.csv` (long: group, variant, mean, std, n) and returns the wide
+  table of 'mean ± std' strings (what `experiments.report` prints).
+  """
+  long = final_table(runs)
+  os.makedirs(out_dir, exist_ok=True)
+  long.to_csv(os.path.join(out_dir, 'regularizers_table.csv'), index=False)
+  if not len(long):
+    return pd.DataFrame()
+  long['cell'] = [f'{m:.4f} ± {s:.4f}' if n > 1 else f'{m:.4f}'
+                  for m, s, n in zip(long['mean'], long['std'], long['n'])]
+  wide = long.pivot(index='group', columns='variant', values='cell')
+  order = [v for v in ('tuned_lr', 'small_lr', 'gpx', 'gp', 'fp', 'gpr') if v in wide]
+  return wide[order + [v for v in wide.columns if v not in order]].fillna('')
+
+
+def plot_fp_start(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 4: final test accuracy against the epoch FP starts (regularizer.start_epoch),
+  with the tuned-lr and small-lr baselines as horizontal lines (±1 std band over seeds).
+
+  Returns:
+    Rows: group, kind ('fp' or the baseline's variant), start_epoch (NaN for baselines), mean,
+    std, n.
+  """
+  frame = pd.DataFrame([{
+      'group': r.group,
+      'kind': 'fp' if r.get('regularizer.name') == 'fp' else label_of(r),
+      'start_epoch': (float(r.get('regularizer.start_epoch'))
+                      if r.get('regularizer.name') == 'fp' else math.nan),
+      'value': summaries.final_value(r)} for r in runs],
+      columns=['group', 'kind', 'start_epoch', 'value'])
+  if not len(frame):
+    return _save(_empty_figure('fp_start: no runs'), frame, out_dir, 'fp_start')
+  points = stats.mean_std(frame, ['group', 'kind', 'start_epoch'], ['value']).rename(
+      columns={'value_mean': 'mean', 'value_std': 'std'})
+  groups = _groups(runs)
+  fig = Figure(figsize=(4.5 * len(groups), 3.4))
+  axes = fig.subplots(1, len(groups), squeeze=False)[0]
+  for ax, group in zip(axes, groups):
+    p = points[points.group == group]
+    fp = p[p.kind == 'fp'].sort_values('start_epoch')
+    ax.errorbar(fp.start_epoch, fp['mean'], yerr=fp['std'], fmt='o-', capsize=3,
+                label='FP from epoch e', color='C2')
+    for k, (kind, color) in enumerate((('tuned_lr', 'C0'), ('small_lr', 'C1'))):
+      base = p[p.kind == kind]
+      if len(base):
+        m, s = float(base['mean'].iloc[0]), float(base['std'].iloc[0])
+        ax.axhline(m, color=color, ls='--', label=kind)
+        if s > 0:
+          ax.axhspan(m - s, m + s, color=color, alpha=0.15, lw=0)
+    ax.set_xlabel('epoch e at which FP starts')
+    ax.set_ylabel('final test accuracy')
+    ax.set_title(group or 'fp_start', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, points, out_dir, 'fp_start')
+
+
+def fp_strength(run: Run) -> float:
+  """The FP strength of a run (0 without a regularizer)."""
+  return float(run.get('regularizer.strength')) if run.get('regularizer.name') != 'none' else 0.0
+
+
+def _ratio(frame: pd.DataFrame) -> pd.Series:
+  if 'train_noisy/grad_norm' not in frame or 'train_clean/grad_norm' not in frame:
+    return pd.Series(np.nan, index=frame.index)
+  return frame['train_noisy/grad_norm'] / frame['train_clean/grad_norm']
+
+
+def plot_memorization(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 5: training accuracy and gradient norm on clean vs noisy examples, and the
+  noisy/clean gradient norm ratio, one line per FP strength, one row per model."""
+  return _plot_curve_grid(
+      sorted(runs, key=fp_strength), out_dir, 'memorization',
+      ['train_clean/accuracy', 'train_noisy/accuracy', 'train_clean/grad_norm',
+       'train_noisy/grad_norm', 'grad_norm_ratio'], derived={'grad_norm_ratio': _ratio})
+
+
+def flat_minima_table(runs: Sequence[Run],
+                      phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
+  """Experiment 6, one row per run: group, variant, seed, early_fisher, best test accuracy,
+  Tr(H) at the best-test point and at the end.
+
+  Phase-1 runs (variant 'phase1') give the early Tr(F_i) of their group; the continued runs
+  (variant 'phase2') are drawn in the histograms.
+  """
+  return pd.DataFrame([{
+      'group': r.group, 'variant': r.variant, 'seed': r.get('seed'), 'run': r.name,
+      'early_fisher': summaries.early_value(r, phase),
+      'best_test_accuracy': summaries.best_value(r),
+      'hessian_at_best': summaries.value_at_best(r, HESSIAN),
+      'final_hessian': summaries.final_value(r, HESSIAN)} for r in runs],
+      columns=['group', 'variant', 'seed', 'run', 'early_fisher', 'best_test_accuracy',
+               'hessian_at_best', 'final_hessian'])
+
+
+def plot_flat_minima(runs: Sequence[Run], out_dir: str,
+                     phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
+  """Experiment 6: histograms, over the continued runs' seeds, of Tr(H) at the best-test point
+  and of the best test accuracy, one colour per starting model (group).
+
+  Returns:
+    `flat_minima_table` of the continued runs, with the phase-1 early Tr(F_i) of their group as
+    'parent_early_fisher'.
+  """
+  table = flat_minima_table(runs, phase)
+  parents = table[table.variant == 'phase1'].groupby('group').early_fisher.first()
+  children = table[table.variant == 'phase2'].copy()
+  children['parent_early_fisher'] = children.group.map(parents)
+  if not len(children):
+    return _save(_empty_figure('flat_minima: no continued runs'), children, out_dir,
+                 'flat_minima')
+  fig = Figure(figsize=(9, 3.4))
+  axes = fig.subplots(1, 2)
+  for k, column in enumerate(('hessian_at_best', 'best_test_accuracy')):
+    values = children[column].dropna()
+    bins = np.linspace(values.min(), values.max(), 11) if len(values) and np.ptp(values) else 10
+    for i, group in enumerate(sorted(children.group.unique())):
+      c = children[children.group == group]
+      parent = parents.get(group, math.nan)
+      axes[k].hist(c[column].dropna(), bins=bins, alpha=0.55, color=f'C{i}',
+                   label=f'from {group} (early Tr(F_i)={parent:.3g})')
+    axes[k].set_xlabel({'hessian_at_best': 'Tr(H) at the best-test point',
+                        'best_test_accuracy': 'best test accuracy'}[column])
+    axes[k].set_ylabel('runs')
+    axes[k].legend(fontsize=7)
+    axes[k].grid(alpha=0.3)
+  fig.tight_layout()
+  return _save(fig, children, out_dir, 'flat_minima')
+
+
+def plot_hessian_trace(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 7: Tr(H) and Tr(F) over training, one row per sweep axis (lr, batch size)."""
+  return _plot_curve_grid(runs, out_dir, 'hessian_trace', [HESSIAN, FISHER])
+
+
+def curvature_points(runs: Sequence[Run]) -> pd.DataFrame:
+  """Every logged point with Tr(F): run, group, variant, epoch, Tr(F), Tr(F_B), Tr(H)."""
+  rows = []
+  for r in runs:
+    if not r.has(FISHER):
+      continue
+    m = r.metrics
+    frame = pd.DataFrame({'run': r.name, 'group': r.group, 'variant': label_of(r),
+                          'epoch': m.epoch, 'fisher_trace': m[FISHER],
+                          'fisher_trace_batch': m.get(FISHER_BATCH, np.nan),
+                          'hessian_trace': m.get(HESSIAN, np.nan)})
+    rows.append(frame.dropna(subset=['fisher_trace']))
+  columns = ['run', 'group', 'variant', 'epoch', 'fisher_trace', 'fisher_trace_batch',
+             'hessian_trace']
+  return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+def _log_correlations(x, y) -> Tuple[stats.Correlation, stats.Correlation]:
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  keep = (x > 0) & (y > 0)
+  return (stats.correlation(np.log(x[keep]), np.log(y[keep]), 'pearson'),
+          stats.correlation(x[keep], y[keep], 'spearman'))
+
+
+def plot_curvature_correlations(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 8: Tr(F) against Tr(F_B) and against Tr(H), every logged point of every run.
+
+  Axes are logarithmic; each panel gives the Pearson correlation of the logarithms and the
+  Spearman correlation (bootstrap intervals over points).
+  """
+  points = curvature_points(runs)
+  fig = Figure(figsize=(9, 3.8))
+  axes = fig.subplots(1, 2)
+  variants = list(dict.fromkeys(points.variant))
+  for ax, column, name in ((axes[0], 'fisher_trace_batch', 'Tr(F_B)'),
+                           (axes[1], 'hessian_trace', 'Tr(H)')):
+    both = points.dropna(subset=[column])
+    for i, variant in enumerate(variants):
+      p = both[both.variant == variant]
+      ax.scatter(p.fisher_trace, p[column], s=12, color=f'C{i % 10}', label=variant)
+    title = f'Tr(F) vs {name}'
+    if len(both) >= 3:
+      pearson, spearman = _log_correlations(both.fisher_trace, both[column])
+      title += f'\nlog-Pearson r={pearson.r:.2f}, Spearman rho={spearman.r:.2f}, n={pearson.n}'
+      if ((both.fisher_trace > 0) & (both[column] > 0)).all():
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+    ax.set_xlabel('Tr(F)')
+    ax.set_ylabel(name)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  return _save(fig, points, out_dir, 'curvature_correlations')
+
+
+def plot_fp_every_k(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 9: FP recomputed every step vs every 10 steps vs the exact per-example FP,
+  with the small-lr and tuned-lr baselines: validation accuracy and Tr(F) per epoch."""
+  return _plot_curve_grid(runs, out_dir, 'fp_every_k', ['val/accuracy', FISHER])
+
+
+def plot_per_step(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
+  """Experiment 10: per-step Tr(F) and mini-batch training accuracy (x: epochs, so batch sizes
+  compare), one row per comparison: two learning rates, small vs large batch, FP strengths in
+  large-batch training."""
+  return _plot_curve_grid(runs, out_dir, 'per_step', [FISHER, 'train/accuracy'])

@@ -1,0 +1,55 @@
+"""Experiment 6 -- flat minima: does a low early Tr(F) lead to a flatter end point?
+
+Phase 1 trains two models for `PHASE1_EPOCHS` at the small learning rate with different
+regularization: variant 'fp' with the Fisher penalty (a low early Tr(F)), variant 'none' without
+(the Fisher explosion). Phase 2 ('continue') starts from each phase-1 checkpoint
+(`--config.init_from.workdir=<phase-1 workdir>`) and trains on in the low-regularization setting
+(small learning rate, no penalty) with several seeds, measuring Tr(H) (Hutchinson) and the test
+accuracy. The figure is the histogram, over seeds, of Tr(H) at the best-test point and of the best
+test accuracy, per starting model (`experiment.group`, which the sweep sets to the phase-1
+variant).
+
+Full scale (ours): WRN-16-4 on CIFAR-100, lr 0.00316, phase 1 20 epochs with FP strength 0.1 vs
+none, phase 2 180 epochs with Tr(H) every 5 epochs, 5 seeds.
+
+  python -m fisher_jax.main --config configs/flat_minima.py:wrn_cifar100,fp \
+      --workdir runs/full/flat_minima/phase1_fp
+  python -m fisher_jax.main --config configs/flat_minima.py:wrn_cifar100,continue \
+      --config.init_from.workdir=runs/full/flat_minima/phase1_fp --config.experiment.group=fp \
+      --config.seed=1 --workdir runs/full/flat_minima/phase2_fp_s1
+
+CPU scale (digits): phase 1 3 epochs, phase 2 6 epochs with Tr(H) every epoch, 3 seeds.
+Figure: `fisher_jax.analysis.plots.plot_flat_minima`.
+"""
+
+import os
+import runpy
+import types
+
+recipes = types.SimpleNamespace(
+    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+
+VARIANTS = ('fp', 'none', 'continue')
+PHASE1_EPOCHS = {'cpu': 3, 'full': 20}
+PHASE2_EPOCHS = {'cpu': 6, 'full': 180}
+
+
+def get_config(arg=None):
+  setting, variant = recipes.parse_arg(arg, VARIANTS, 'wrn_cifar100', 'flat_minima.py')
+  scale = 'cpu' if setting == recipes.CPU else 'full'
+  config = recipes.get_config(setting)
+  config.experiment.name = 'flat_minima'
+  recipes.set_learning_rate(config, 'small_lr')
+  if variant == 'continue':
+    config.experiment.variant = 'phase2'
+    config.experiment.group = ''  # The sweep names the starting model.
+    config.num_epochs = PHASE2_EPOCHS[scale]
+    config.measure.hessian_every_epochs = 1 if scale == 'cpu' else 5
+  else:
+    config.experiment.variant = 'phase1'
+    config.experiment.group = variant
+    config.num_epochs = PHASE1_EPOCHS[scale]
+    config.checkpoint_every_epochs = config.num_epochs
+    if variant == 'fp':
+      recipes.set_penalty(config, 'fp')
+  return config

@@ -1,0 +1,43 @@
+"""Experiment 9 -- the Fisher penalty recomputed every 10 steps vs every step, and the exact FP.
+
+Variants at the small learning rate: 'fp_k10' (mini-batch FP, gradient recomputed every 10 steps
+and reused in between), 'fp_k1' (recomputed every step), 'fp_exact' (the per-example form
+(1/B) sum_i |grad CE(x_i, y_i~p)|^2 every step, strength divided by the batch size so it is
+comparable, see configs/recipes.py); baselines 'small_lr' and 'tuned_lr'. The figure is the
+validation accuracy and Tr(F) per epoch.
+
+Full scale (ours): SimpleCNN on CIFAR-10, lr 0.0316 vs 0.001, FP strength 0.1, 200 epochs.
+
+  python -m fisher_jax.main --config configs/fp_every_k.py:simple_cnn_cifar10,fp_k1 \
+      --workdir runs/full/fp_every_k/fp_k1
+
+CPU scale (digits, 8 epochs):
+
+  python -m fisher_jax.main --config configs/fp_every_k.py:cpu,fp_exact --workdir runs/x
+
+Figure: `fisher_jax.analysis.plots.plot_fp_every_k`.
+"""
+
+import os
+import runpy
+import types
+
+recipes = types.SimpleNamespace(
+    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+
+VARIANTS = ('fp_k10', 'fp_k1', 'fp_exact', 'small_lr', 'tuned_lr')
+
+
+def get_config(arg=None):
+  setting, variant = recipes.parse_arg(arg, VARIANTS, 'simple_cnn_cifar10', 'fp_every_k.py')
+  config = recipes.get_config(setting)
+  config.experiment.name = 'fp_every_k'
+  config.experiment.variant = variant
+  recipes.set_learning_rate(config, 'tuned_lr' if variant == 'tuned_lr' else 'small_lr')
+  if variant in ('fp_k10', 'fp_k1'):
+    recipes.set_penalty(config, 'fp')
+    config.regularizer.every_k = 10 if variant == 'fp_k10' else 1
+  elif variant == 'fp_exact':
+    recipes.set_penalty(config, 'fp_exact')
+    config.regularizer.every_k = 1
+  return config

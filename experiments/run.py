@@ -1,0 +1,273 @@
+"""The sweep runner: expands sweeps into runs and runs them in N local processes.
+
+  python -m experiments.run NAME [NAME ...] --scale cpu|full --root DIR [--workers N] [--dry_run]
+
+NAME is a sweep of `experiments.sweeps` (e.g. fisher_explosion) or 'all'. Each run is one
+`python -m fisher_jax.main ... --workdir ROOT/<sweep>/<run>` subprocess (run from the repository
+root, output appended to ROOT/<sweep>/<run>/runner.log). When a run exits with status 0 the runner
+writes ROOT/<sweep>/<run>/runner_done.json (holding its command); a run with that marker is
+finished and is skipped next time. Any other run is (re)started: fisher_jax resumes it from its
+latest checkpoint. A failed run is reported and does not stop the others (the runs that wait for
+it are not started); the exit status is 1 if any run failed. On SIGINT/SIGTERM the runner stops
+its running runs (they resume when it is started again) and exits with status 130.
+
+`--dry_run` prints one shell command per run instead (to be run from the repository root, e.g.
+by a cluster scheduler), runs that must wait for others after them, under '# stage k' lines.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from experiments import sweeps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DONE_FILE = 'runner_done.json'
+LOG_FILE = 'runner.log'
+# Statuses of a job after `run_jobs`.
+DONE, SKIPPED, FAILED, BLOCKED = 'done', 'skipped', 'failed', 'blocked'
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """A run placed in a root directory.
+
+  Attributes:
+    key: '<sweep>/<run>', unique among jobs.
+    workdir: ROOT/<sweep>/<run>.
+    args: the command after the Python executable: ['-m', 'fisher_jax.main', ...].
+    after: keys of the jobs that must finish first.
+  """
+  key: str
+  workdir: str
+  args: Tuple[str, ...]
+  after: Tuple[str, ...] = ()
+
+  def command(self, python: str = sys.executable) -> List[str]:
+    return [python, *self.args]
+
+
+def make_job(sweep_name: str, run: sweeps.Run, root: str) -> Job:
+  """The job of `run` of sweep `sweep_name` under `root`."""
+  sweep_dir = os.path.join(root, sweep_name)
+  workdir = os.path.join(sweep_dir, run.name)
+  args = ['-m', 'fisher_jax.main', '--config', run.config, '--workdir', workdir]
+  for key, value in run.overrides:
+    value = str(value).replace('{sweep_dir}', sweep_dir)
+    args.append(f'--config.{key}={value}')
+  return Job(f'{sweep_name}/{run.name}', workdir, tuple(args),
+             tuple(f'{sweep_name}/{a}' for a in run.after))
+
+
+def make_jobs(names: Sequence[str], scale: str, root: str) -> List[Job]:
+  """The jobs of sweeps `names` ('all' for every sweep) at `scale` under `root`."""
+  if 'all' in names:
+    names = list(sweeps.SWEEPS)
+  jobs = []
+  for name in names:
+    jobs += [make_job(name, run, root) for run in sweeps.get_sweep(name).runs(scale)]
+  return jobs
+
+
+def stages(jobs: Sequence[Job]) -> List[List[Job]]:
+  """The jobs in dependency order: stage 0 waits for nothing, stage k for stages < k."""
+  level: Dict[str, int] = {}
+  remaining = list(jobs)
+  while remaining:
+    ready = [j for j in remaining if all(a in level for a in j.after)]
+    if not ready:
+      raise ValueError(f'runs {[j.key for j in remaining]} wait for each other or for runs '
+                       'that are not in the sweep.')
+    for job in ready:
+      level[job.key] = 1 + max((level[a] for a in job.after), default=-1)
+      remaining.remove(job)
+  out = [[] for _ in range(1 + max(level.values(), default=-1))]
+  for job in jobs:
+    out[level[job.key]].append(job)
+  return out
+
+
+def finished(job: Job) -> bool:
+  """Whether `job` finished (its done marker exists).
+
+  Raises:
+    ValueError: the marker records a different command: the workdir holds another run.
+  """
+  path = os.path.join(job.workdir, DONE_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    recorded = json.load(f).get('args')
+  if recorded != list(job.args):
+    raise ValueError(f'{job.workdir} holds a run finished with another command '
+                     f'({shlex.join(recorded or [])}); delete it or choose another --root.')
+  return True
+
+
+def _mark_done(job: Job):
+  tmp = os.path.join(job.workdir, DONE_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump({'args': list(job.args)}, f, indent=1)
+  os.replace(tmp, os.path.join(job.workdir, DONE_FILE))
+
+
+class _Stop(Exception):
+  """Raised by the signal handler to stop the runner."""
+
+
+def _stop_process(process: subprocess.Popen, grace_s: float = 20.0):
+  """SIGTERM to the run's process group, SIGKILL if it is still there after `grace_s`."""
+  for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    try:
+      os.killpg(process.pid, sig)
+    except ProcessLookupError:
+      return
+    try:
+      process.wait(timeout=wait)
+      return
+    except subprocess.TimeoutExpired:
+      continue
+
+
+def _log(message: str):
+  print(message, flush=True)
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executable,
+             env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = _log,
+             poll_s: float = 0.5) -> Dict[str, str]:
+  """Runs the unfinished jobs, at most `workers` at a time, respecting `after`.
+
+  Returns:
+    key -> DONE (ran now and exited 0), SKIPPED (finished before), FAILED (non-zero exit or a
+    workdir holding another run) or BLOCKED (waits for a run that failed).
+  """
+  if workers < 1:
+    raise ValueError(f'--workers={workers} must be at least 1.')
+  status: Dict[str, str] = {}
+  pending: List[Job] = []
+  for job in jobs:
+    try:
+      if finished(job):
+        status[job.key] = SKIPPED
+        log(f'skip    {job.key} (finished)')
+        continue
+    except ValueError as error:
+      status[job.key] = FAILED
+      log(f'FAILED  {job.key}: {error}')
+      continue
+    pending.append(job)
+  running: Dict[str, Tuple[Job, subprocess.Popen, object]] = {}
+  total, started = len(pending), 0
+  try:
+    while pending or running:
+      for job in list(pending):
+        deps = [status.get(a) for a in job.after]
+        if any(d in (FAILED, BLOCKED) for d in deps):
+          status[job.key] = BLOCKED
+          pending.remove(job)
+          log(f'blocked {job.key}: waits for a failed run')
+        elif len(running) < workers and all(d in (DONE, SKIPPED) for d in deps):
+          pending.remove(job)
+          os.makedirs(job.workdir, exist_ok=True)
+          out = open(os.path.join(job.workdir, LOG_FILE), 'a')
+          out.write(f'\n$ {shlex.join(job.command(python))}\n')
+          out.flush()
+          process = subprocess.Popen(job.command(python), cwd=REPO, env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+          running[job.key] = (job, process, out)
+          started += 1
+          log(f'start   {job.key} [{started}/{total}]')
+      for key, (job, process, out) in list(running.items()):
+        code = process.poll()
+        if code is None:
+          continue
+        out.close()
+        del running[key]
+        if code == 0:
+          _mark_done(job)
+          status[key] = DONE
+          log(f'done    {key}')
+        else:
+          status[key] = FAILED
+          log(f'FAILED  {key}: exit status {code}, see {os.path.join(job.workdir, LOG_FILE)}')
+      if running or pending:
+        time.sleep(poll_s)
+  finally:
+    for key, (job, process, out) in running.items():
+      log(f'stop    {key} (it resumes when the runner is started again)')
+      _stop_process(process)
+      out.close()
+  return status
+
+
+def _raise_stop(signum, frame):
+  del frame
+  raise _Stop(signal.Signals(signum).name)
+
+
+def _print_dry_run(jobs: Sequence[Job]):
+  levels = stages(jobs)
+  for k, level in enumerate(levels):
+    if len(levels) > 1:
+      print(f'# stage {k}' + (' (after the runs of the stages before)' if k else ''))
+    for job in level:
+      print(shlex.join(job.command('python')))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.run', description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('names', nargs='+', metavar='NAME',
+                      help=f"sweeps to run: 'all' or any of {', '.join(sweeps.SWEEPS)}")
+  parser.add_argument('--scale', choices=sweeps.SCALES, default='cpu',
+                      help="'cpu': embedded digits data, minutes; 'full': the published settings")
+  parser.add_argument('--root', required=True, help='runs go to ROOT/<sweep>/<run>/')
+  parser.add_argument('--workers', type=int, default=1, help='runs at a time (processes)')
+  parser.add_argument('--dry_run', action='store_true',
+                      help='print one command per run instead of running them')
+  args = parser.parse_args(argv)
+  try:
+    jobs = make_jobs(args.names, args.scale, os.path.abspath(args.root))
+    stages(jobs)
+  except ValueError as error:
+    parser.error(str(error))
+  if args.dry_run:
+    _print_dry_run(jobs)
+    return 0
+  return execute(jobs, args.workers)
+
+
+def execute(jobs: Sequence[Job], workers: int) -> int:
+  """Runs `jobs` (see `run_jobs`) until done or stopped by SIGINT/SIGTERM; prints a summary.
+
+  Returns:
+    The exit status: 0 if every run finished, 1 if any failed or was blocked, 130 if stopped.
+  """
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, _raise_stop)
+  start = time.monotonic()
+  try:
+    status = run_jobs(jobs, workers)
+  except _Stop as stop:
+    print(f'stopped by {stop}; start the same command again to resume.', flush=True)
+    return 130
+  counts = {s: sum(v == s for v in status.values()) for s in (DONE, SKIPPED, FAILED, BLOCKED)}
+  print(f'{len(jobs)} runs: ' + ', '.join(f'{n} {s}' for s, n in counts.items()) +
+        f' (wall time {time.monotonic() - start:.0f} s)', flush=True)
+  bad = sorted(k for k, v in status.items() if v in (FAILED, BLOCKED))
+  for key in bad:
+    print(f'  {status[key]}: {key}')
+  return 1 if bad else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

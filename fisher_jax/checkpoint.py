@@ -70,7 +70,7 @@ def restore_model_variables(directory: str, step: Optional[int] = None):
     raise ValueError(f'init_from.workdir has no checkpoints directory {directory!r}; point it '
                      'at the workdir of a finished or checkpointed run.')
   manager = ocp.CheckpointManager(
-      os.path.abspath(directory),
+      os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   steps = list(manager.all_steps())
   if step is None:
@@ -78,6 +78,11 @@ def restore_model_variables(directory: str, step: Optional[int] = None):
   if step is None or step not in steps:
     raise ValueError(f'init_from.step={step!r} has no checkpoint in {directory!r}; '
                      f'its checkpoints are at steps {sorted(steps)}.')
-  restored = manager.restore(int(step), args=ocp.args.StandardRestore())
+  # Whole arrays onto one local device, whatever topology (processes, devices) wrote them:
+  # orbax refuses the saved shardings of another topology, e.g. a pod slice's on one host.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(int(step)))
+  restored = jax.device_get(manager.restore(int(step), args=ocp.args.StandardRestore(abstract)))
   manager.close()
   return int(step), restored['params'], restored.get('batch_stats') or {}

@@ -3,6 +3,10 @@
   python -m fisher_jax.main --config configs/default.py --workdir runs/default \
       [--config.optimizer.learning_rate=0.003 ...]
 
+On several hosts every process runs the same command; TPU pod slices and SLURM steps are
+detected, other clusters add --coordinator_address, --num_processes and --process_id (or the
+FISHER_JAX_* environment variables); see docs/multihost.md.
+
 A bad config or workdir ends with one sentence naming the field and a non-zero exit.
 """
 
@@ -13,13 +17,25 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from fisher_jax import data
-from fisher_jax import train
+from fisher_jax import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where config.json, metrics, events and checkpoints go.')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_enum('distributed', 'auto', parallel.DISTRIBUTED_MODES,
+                  'Multi-process start-up: auto (the settings below if given, else a detected '
+                  'TPU pod / SLURM / Open MPI launch, else one process), on (always ask JAX to '
+                  'detect the cluster), off (one process).')
+flags.DEFINE_string('coordinator_address', None,
+                    f'host:port of process 0, reachable by every process (or '
+                    f'${parallel.ENV_COORDINATOR_ADDRESS}).')
+flags.DEFINE_integer('num_processes', None,
+                     f'Processes the run spans (or ${parallel.ENV_NUM_PROCESSES}).')
+flags.DEFINE_integer('process_id', None,
+                     f'This process, in [0, num_processes) (or ${parallel.ENV_PROCESS_ID}).')
+flags.DEFINE_integer('distributed_timeout', 300,
+                     'Seconds to wait for every process to connect before failing.')
 
 
 def _quiet_orbax(record) -> bool:
@@ -32,6 +48,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  try:
+    # Before any other JAX call: afterwards jax.devices() spans every process.
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, mode=FLAGS.distributed,
+                                    timeout_s=FLAGS.distributed_timeout)
+  except ValueError as error:
+    sys.exit(f'fisher_jax: {error}')
+  # Imported only now, so that nothing they do on import can start JAX before the above (and a
+  # process that cannot join fails fast, without loading TensorFlow).
+  from fisher_jax import data  # pylint: disable=g-import-not-at-top
+  from fisher_jax import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, data.DatasetNotPreparedError) as error:

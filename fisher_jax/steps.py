@@ -23,6 +23,8 @@ import optax
 
 from fisher_jax import curvature
 from fisher_jax import losses
+from fisher_jax import optim
+from fisher_jax import regularizers
 from fisher_jax.parallel import AXIS
 from fisher_jax.state import TrainState
 
@@ -49,24 +51,22 @@ def _train_mode_logits_fn(model: nn.Module, batch_stats, rng) -> Callable:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    make_penalty_fn: Optional[Callable[..., Callable]] = None,
-                    latest_penalty: Optional[Callable[[Any], jax.Array]] = None) -> Callable:
+                    regularizer: str = 'none') -> Callable:
   """Builds `train_step(state, batch) -> (state, metrics)` for one device.
 
   Args:
     model: the flax model.
-    tx: the optax optimizer (with the penalty transformation chained in when a regularizer is
-      configured).
-    make_penalty_fn: when a regularizer is configured,
-      `make_penalty_fn(train_logits_fn, eval_logits_fn, inputs, labels, rng) -> penalty_fn`
-      whose result is passed to `tx.update(..., penalty_fn=penalty_fn)`. Batch-level penalties
-      (fp, gp, gpr, gpx) use the training forward pass (BatchNorm with batch statistics); the
-      per-example fp_exact uses eval-mode logits, which are per-example independent.
-    latest_penalty: reads the last penalty value from the optimizer state, for logging.
+    tx: the optax optimizer; with a regularizer, it must chain the penalty transformation
+      (`optim.make_optimizer` does), which receives `penalty_fn` as an extra argument.
+    regularizer: `config.regularizer.name`. Batch-level penalties (fp, gp, gpr) use the
+      training forward pass (BatchNorm with batch statistics); the per-example ones
+      (`regularizers.PER_EXAMPLE`: fp_exact, gpx) use eval-mode logits, which are per-example
+      independent. The penalty is that of the global batch (see `regularizers`).
 
   The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
-  and 'penalty' when a regularizer is configured.
+  and 'penalty' (the latest penalty value) when a regularizer is configured.
   """
+  regularizers.validate_name(regularizer)
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -85,20 +85,47 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       loss = jnp.mean(losses.cross_entropy(logits, labels))
       return loss, (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    grads = lax.pmean(grads, AXIS)
+    def loss_grads(params):
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return lax.pmean(loss, AXIS), lax.pmean(grads, AXIS), logits, batch_stats
+
     extra = {}
-    if make_penalty_fn is not None:
-      extra['penalty_fn'] = make_penalty_fn(
-          _train_mode_logits_fn(model, state.batch_stats, device_rng),
-          curvature.make_logits_fn(model, state.batch_stats or None), images, labels, step_rng)
+    if regularizer == 'none':
+      loss, grads, logits, batch_stats = loss_grads(state.params)
+    elif not state.batch_stats:
+      # No BatchNorm: training and eval forward passes agree, so when the penalty is due the
+      # loss gradient and the penalty share one forward pass; the cached penalty otherwise.
+      logits_fn = _train_mode_logits_fn(model, {}, device_rng)
+
+      def with_penalty(params):
+        fused = regularizers.loss_and_penalty_grads(regularizer, logits_fn, params, images,
+                                                    labels, rng=step_rng, axis_name=AXIS)
+        return (fused.loss, fused.loss_grads, fused.logits), (fused.penalty,
+                                                              fused.penalty_grads)
+
+      def without_penalty(params):
+        loss, grads, logits, _ = loss_grads(params)
+        return (loss, grads, logits), (jnp.zeros([], loss.dtype),
+                                       jax.tree.map(jnp.zeros_like, params))
+
+      (loss, grads, logits), penalty = lax.cond(optim.penalty_due(state.opt_state),
+                                                with_penalty, without_penalty, state.params)
+      batch_stats = state.batch_stats
+      extra['penalty_fn'] = lambda _: penalty
+    else:
+      loss, grads, logits, batch_stats = loss_grads(state.params)
+      if regularizer in regularizers.PER_EXAMPLE:
+        logits_fn = curvature.make_logits_fn(model, state.batch_stats)
+      else:
+        logits_fn = _train_mode_logits_fn(model, state.batch_stats, device_rng)
+      extra['penalty_fn'] = regularizers.make_penalty_fn(
+          regularizer, logits_fn, images, labels, rng=step_rng, axis_name=AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(losses.accuracy(logits, labels))}
-    metrics = lax.pmean(metrics, AXIS)
-    if latest_penalty is not None:
-      metrics['penalty'] = latest_penalty(opt_state)
+    metrics = {'loss': loss,
+               'accuracy': lax.pmean(jnp.mean(losses.accuracy(logits, labels)), AXIS)}
+    if regularizer != 'none':
+      metrics['penalty'] = optim.latest_penalty(opt_state)
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=lax.pmean(batch_stats, AXIS), opt_state=opt_state)
     return new_state, metrics

@@ -24,7 +24,6 @@ from fisher_jax import data
 from fisher_jax import models
 from fisher_jax import optim
 from fisher_jax import parallel
-from fisher_jax import regularizers
 from fisher_jax import state as state_lib
 from fisher_jax import steps
 from fisher_jax import writers
@@ -97,8 +96,11 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict):
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+  # Written whole, then renamed: other processes checking the workdir never see half a file.
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
     json.dump(_config_dict(config), f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
 
 
 def _place_subset(subset: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
@@ -117,20 +119,6 @@ def _evaluate(eval_step, state, inp, split: str, batch_size: int, mesh) -> Dict[
   count = float(sums['count'])
   return {f'{split}/loss': float(sums['loss']) / count,
           f'{split}/accuracy': float(sums['accuracy']) / count}
-
-
-def _build_penalty(config: ml_collections.ConfigDict):
-  """The step's penalty hooks, or (None, None) without a regularizer."""
-  name = config.regularizer.name
-  if name == 'none':
-    return None, None
-
-  def make_penalty_fn(train_logits_fn, eval_logits_fn, inputs, labels, rng):
-    logits_fn = eval_logits_fn if name in regularizers.PER_EXAMPLE else train_logits_fn
-    return regularizers.make_penalty_fn(name, logits_fn, inputs, labels, rng=rng,
-                                        axis_name=parallel.AXIS)
-
-  return make_penalty_fn, optim.latest_penalty
 
 
 class _Measurements:
@@ -228,7 +216,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
   model = models.get_model(config.model.name, inp.spec.num_classes, **model_kwargs)
   tx = optim.make_optimizer(config, inp.steps_per_epoch)
-  make_penalty_fn, latest_penalty = _build_penalty(config)
   steps_per_epoch = inp.steps_per_epoch
   last_step = config.num_epochs * steps_per_epoch
   is_writer = jax.process_index() == 0
@@ -257,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
   train_step = parallel.data_parallel(
-      steps.make_train_step(model, tx, make_penalty_fn, latest_penalty), mesh,
+      steps.make_train_step(model, tx, config.regularizer.name), mesh,
       batch_args=(1,), num_args=2, donate_argnums=(0,))
   eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
@@ -268,8 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     writer.write_hparams(_flatten(_config_dict(config)))
     if config.measure.every_epochs or config.measure.every_steps:
       writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
+  # Console progress from process 0 only (the others' writers discard, but it also logs).
   report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
-                                           every_secs=30.0)
+                                           every_secs=30.0) if is_writer else lambda step: None
   train_sums, train_count = None, 0
   latest: Dict[str, float] = {}
   iterator = inp.train_iterator(start_step)

@@ -17,8 +17,8 @@ def _run_steps(config, mesh, batches, model):
   create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
                    out_shardings=parallel.replicated(mesh))
   state = create(jax.random.PRNGKey(0))
-  step = parallel.data_parallel(steps.make_train_step(model, tx), mesh, batch_args=(1,),
-                                num_args=2, donate_argnums=(0,))
+  step = parallel.data_parallel(steps.make_train_step(model, tx, config.regularizer.name), mesh,
+                                batch_args=(1,), num_args=2, donate_argnums=(0,))
   losses = []
   for batch in batches:
     state, metrics = step(state, parallel.shard_batch(batch, mesh))
@@ -32,9 +32,15 @@ def _batches(num, batch_size=32, seed=0):
            'label': rng.randint(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
 
 
-@pytest.mark.parametrize('model_name, kwargs', [('simple_cnn', {})])
-def test_eight_devices_equal_one_device(default_config, model_name, kwargs):
+@pytest.mark.parametrize('model_name, kwargs, regularizer', [
+    ('simple_cnn', {}, 'none'),
+    ('simple_cnn', {}, 'fp'),  # Penalty of the global batch, shared forward pass.
+])
+def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regularizer):
   assert jax.device_count() == 8
+  default_config.regularizer.name = regularizer
+  default_config.regularizer.strength = 0.1
+  default_config.regularizer.every_k = 2
   model = models.get_model(model_name, 10, **kwargs)
   batches = _batches(4)
   losses_1, state_1 = _run_steps(default_config, parallel.make_mesh(jax.devices()[:1]),

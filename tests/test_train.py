@@ -43,7 +43,8 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp
   assert final['test/accuracy'] == epoch_ends[-1]['test/accuracy']
   assert final['test/accuracy'] > 0.5  # Learns (well above 0.1 chance) in two epochs.
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['11', '22']
+  spe = epoch_ends[0]['step']
+  assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == [str(spe), str(2 * spe)]
 
 
 def test_cli_override_takes_effect_and_is_recorded(tmp_path):
@@ -52,20 +53,32 @@ def test_cli_override_takes_effect_and_is_recorded(tmp_path):
   assert json.load(open(tmp_path / 'config.json'))['optimizer']['learning_rate'] == 0.003
 
 
-@pytest.mark.parametrize('override, field', [
-    ('--config.model.name=resnet9000', 'model.name'),
-    ('--config.dataset.name=mnist_typo', 'dataset.name'),
-    ('--config.optimizer.name=adagrad_typo', 'optimizer.name'),
-    ('--config.optimizer.learning_rate=-0.1', 'optimizer.learning_rate'),
-    ('--config.batch_size=100', 'batch_size'),  # 100 does not split over 8 devices.
+@pytest.mark.parametrize('field, value', [
+    ('model.name', 'resnet9000'),
+    ('dataset.name', 'mnist_typo'),
+    ('optimizer.name', 'adagrad_typo'),
+    ('optimizer.learning_rate', -0.1),
+    ('regularizer.name', 'fisher_typo'),
+    ('measure.fisher_estimator', 'guess'),
+    ('batch_size', 100),  # Does not split over the 8 devices.
+    ('num_epochs', 0),
 ])
-def test_cli_bad_config_exits_with_one_sentence(tmp_path, override, field):
-  result = _run_cli(tmp_path / 'run', override)
+def test_bad_config_fails_naming_the_field_and_writes_nothing(default_config, tmp_path, field,
+                                                               value):
+  section, _, key = field.rpartition('.')
+  (default_config[section] if section else default_config)[key] = value
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    train.train_and_evaluate(default_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_bad_config_exits_non_zero_with_one_sentence(tmp_path):
+  result = _run_cli(tmp_path / 'run', '--config.model.name=resnet9000')
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('fisher_jax: ') and field in last, result.stderr[-2000:]
+  assert last.startswith('fisher_jax: ') and 'model.name' in last, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-  assert not (tmp_path / 'run' / 'config.json').exists()
+  assert not (tmp_path / 'run').exists()
 
 
 def test_different_config_in_same_workdir_is_refused_and_nothing_changes(
@@ -100,25 +113,52 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
   cmd = [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
          '--workdir', str(workdir), *overrides]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  spe = _final_record(tmp_path / 'reference')['step'] // 4
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     steps = [r['step'] for r in writers.read_metrics(str(workdir))]
-    if steps and max(steps) >= 22:  # Epoch 2 logged: its checkpoint is being written.
+    if steps and max(steps) >= 2 * spe:  # Epoch 2 logged: its checkpoint is being written.
       break
     time.sleep(0.05)
   assert proc.poll() is None, 'the run finished before it could be killed'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = max(r['step'] for r in writers.read_metrics(str(workdir)))
-  assert killed_at < 44
+  assert killed_at < 4 * spe
 
   resumed = _run_cli(workdir, *overrides)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 'Resumed from the checkpoint' in resumed.stderr
   records = writers.read_metrics(str(workdir))
   steps = [r['step'] for r in records if 'test/accuracy' in r]
-  assert steps == [11, 22, 33, 44]  # Each epoch logged once: no duplicates after the resume.
+  assert steps == [spe, 2 * spe, 3 * spe, 4 * spe]  # Each epoch logged once: no duplicates after the resume.
   expected, got = _final_record(tmp_path / 'reference'), _final_record(workdir)
   for name in ('train/loss', 'test/accuracy', 'test/loss', 'val/loss',
                'curvature/fisher_trace'):
     np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=name)
+
+
+def test_init_from_starts_at_another_runs_parameters(default_config, tmp_path):
+  config = _small(default_config, epochs=1)
+  config.measure.fisher_estimator = 'exact'  # Deterministic in (params, measurement subset).
+  train.train_and_evaluate(config, str(tmp_path / 'source'))
+  source_files = sorted(str(p) for p in (tmp_path / 'source').rglob('*'))
+  config.init_from.workdir = str(tmp_path / 'source')
+  config.optimizer.learning_rate = 0.001  # Continued with another optimizer setting.
+  train.train_and_evaluate(config, str(tmp_path / 'continued'))
+  source_end = writers.read_metrics(str(tmp_path / 'source'))[-1]
+  continued_start = writers.read_metrics(str(tmp_path / 'continued'))[0]
+  assert continued_start['step'] == 0 and source_end['step'] > 0
+  np.testing.assert_allclose(continued_start['curvature/fisher_trace'],
+                             source_end['curvature/fisher_trace'], rtol=1e-5)
+  assert sorted(str(p) for p in (tmp_path / 'source').rglob('*')) == source_files
+
+
+def test_init_from_a_different_model_is_refused(default_config, tmp_path):
+  config = _small(default_config, epochs=1)
+  train.train_and_evaluate(config, str(tmp_path / 'source'))
+  config.init_from.workdir = str(tmp_path / 'source')
+  config.model.hidden = 64
+  with pytest.raises(ValueError, match='init_from.workdir'):
+    train.train_and_evaluate(config, str(tmp_path / 'other'))
+  assert not (tmp_path / 'other').exists()

@@ -17,6 +17,7 @@ from fisher_jax import writers
 
 def _small(config, epochs=2):
   config.num_epochs = epochs
+  config.dataset.train_subset = 512  # 4 steps per epoch: tests exercise the loop, not accuracy.
   config.measure.num_examples = 64
   return config
 
@@ -41,14 +42,15 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp
       assert np.isfinite(record[name]), name
   assert records[0]['step'] == 0 and 'curvature/fisher_trace' in records[0]
   assert final['test/accuracy'] == epoch_ends[-1]['test/accuracy']
-  assert final['test/accuracy'] > 0.5  # Learns (well above 0.1 chance) in two epochs.
+  assert final['test/accuracy'] > 0.3  # Learns (well above 0.1 chance) in eight steps.
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
   spe = epoch_ends[0]['step']
   assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == [str(spe), str(2 * spe)]
 
 
 def test_cli_override_takes_effect_and_is_recorded(tmp_path):
-  result = _run_cli(tmp_path, '--config.optimizer.learning_rate=0.003', '--config.num_epochs=1')
+  result = _run_cli(tmp_path, '--config.optimizer.learning_rate=0.003', '--config.num_epochs=1',
+                    '--config.dataset.train_subset=256')
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.load(open(tmp_path / 'config.json'))['optimizer']['learning_rate'] == 0.003
 
@@ -105,7 +107,8 @@ def _final_record(workdir):
 
 
 def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
-  overrides = ('--config.num_epochs=4', '--config.measure.num_examples=64')
+  overrides = ('--config.num_epochs=4', '--config.measure.num_examples=64',
+               '--config.dataset.train_subset=512')
   reference = _run_cli(tmp_path / 'reference', *overrides)
   assert reference.returncode == 0, reference.stderr[-2000:]
 

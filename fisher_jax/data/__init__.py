@@ -4,7 +4,8 @@
     inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed)
     for batch in inp.train_iterator(start_step): ...
 
-See docs/data.md for the datasets, how to prepare them and the fields of `config.dataset`.
+See docs/data.md for the datasets, how to prepare them (`python -m fisher_jax.data.prepare`)
+and the fields of `config.dataset`.
 """
 
 from fisher_jax.data.digits import SklearnDigits
@@ -13,6 +14,7 @@ from fisher_jax.data.pipeline import DatasetNotPreparedError
 from fisher_jax.data.pipeline import DatasetSettings
 from fisher_jax.data.pipeline import EVAL_SPLITS
 from fisher_jax.data.pipeline import Input
+from fisher_jax.data.pipeline import InputBase
 from fisher_jax.data.pipeline import make_input
 from fisher_jax.data.pipeline import missing_dataset_message
 from fisher_jax.data.pipeline import prepared_builder

@@ -13,7 +13,7 @@ into uint8 arrays held in TensorFlow variables, and every batch is a gather from
   pads its shard to the common number of batches, with `mask` 0 on the padding rows, so every
   example counts exactly once across processes.
 
-`imagenet2012` is too big for memory and is streamed instead (`_StreamingInput`): each process
+`imagenet2012` is too big for memory and is streamed instead (`streaming.StreamingInput`): each process
 reads its own file shard (`tfds.split_for_jax_process`) with its own shuffle, so its training
 batches depend on the process count (evaluation still counts every example exactly once).
 
@@ -23,6 +23,7 @@ every run) when the dataset has no validation split of its own and `dataset.val_
 `dataset.label_noise` corrupts a fraction of the labels used for training, fixed by `seed`.
 """
 
+import collections
 import dataclasses
 import math
 import os
@@ -46,6 +47,11 @@ _SALT_SHUFFLE = 1
 _SALT_AUGMENT = 2
 _SALT_SUBSET = 3
 _NO_END = 2**62  # "infinite" step range
+
+try:  # TensorFlow only feeds the host: keep it off accelerators JAX uses (full TF builds).
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF devices already initialized by the caller; leave them.
+  pass
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -120,14 +126,18 @@ def missing_dataset_message(spec: specs_lib.DatasetSpec, builder) -> str:
   root = str(builder.data_dir_root)
   where = (f'dataset {spec.name!r} (TFDS {spec.tfds_name!r}) is not prepared in data_dir '
            f'{root!r} (looked for {str(builder.data_dir)!r})')
+  ours = type(builder).__module__.startswith('fisher_jax.')
+  tfds_cmd = (f'`tfds build {spec.tfds_name}{" --imports=fisher_jax.data" if ours else ""} '
+              f'--data_dir={root}`')
+  our_cmd = f'`python -m fisher_jax.data.prepare {spec.name} --data_dir={root}`'
   if spec.prepare == specs_lib.PREPARE_MANUAL:
-    imports = '' if spec.tfds_name in tfds.list_builders() else ' --imports=fisher_jax.data'
+    then = '(the next run prepares it) or' if spec.prepare_on_first_use else 'and'
     return (f'{where}; place {spec.manual_file} (from {spec.homepage}) in '
-            f'{_manual_dir(builder)!r} and run `tfds build {spec.tfds_name}{imports} '
-            f'--data_dir={root}`, or set dataset.data_dir to where it is prepared.')
-  return (f'{where}; prepare it on a machine with network access with `tfds build '
-          f'{spec.tfds_name} --data_dir={root}` (and copy that folder here if needed), or set '
-          'dataset.data_dir to where it is prepared.')
+            f'{_manual_dir(builder)!r} {then} run {our_cmd} (or {tfds_cmd}), or set '
+            'dataset.data_dir to where it is prepared.')
+  return (f'{where}; prepare it on a machine with network access with {our_cmd} (or '
+          f'{tfds_cmd}) and copy that folder here if needed, or set dataset.data_dir to where '
+          'it is prepared.')
 
 
 def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None):
@@ -163,10 +173,29 @@ def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None
   raise DatasetNotPreparedError(missing_dataset_message(spec, builder))
 
 
+_CACHE_BYTES = 512 << 20  # decoded splits kept per process, so repeated runs skip decoding
+_cache: 'collections.OrderedDict[tuple, tuple]' = collections.OrderedDict()
+
+
 def load_split(builder, split: str):
-  """Decodes a whole split: (images uint8 [N, H, W, C], labels int32 [N]) in TFDS order."""
+  """Decodes a whole split: (images uint8 [N, H, W, C], labels int32 [N]) in TFDS order.
+
+  Splits are kept (read-only) in a per-process cache of at most 512 MB, so making the input
+  again (tests, several runs in one process) does not decode them again.
+  """
+  key = (str(builder.data_dir), str(split))
+  if key in _cache:
+    _cache.move_to_end(key)
+    return _cache[key]
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  return data['image'], np.asarray(data['label'], np.int32)
+  images, labels = data['image'], np.asarray(data['label'], np.int32)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  if images.nbytes <= _CACHE_BYTES:
+    _cache[key] = (images, labels)
+    while sum(v[0].nbytes for v in _cache.values()) > _CACHE_BYTES:
+      _cache.popitem(last=False)
+  return images, labels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,11 +38,9 @@ class SyntheticImages(tfds.core.GeneratorBasedBuilder):
 
   BUILDER_CONFIGS = [
       SyntheticConfig(name='cifar32', description='CIFAR-shaped, small (tests).',
-                      image_shape=(32, 32, 3), num_classes=10, num_train=1000, num_test=203),
+                      image_shape=(32, 32, 3), num_classes=10, num_train=640, num_test=103),
       SyntheticConfig(name='cifar32_large', description='CIFAR-shaped (benchmarks).',
                       image_shape=(32, 32, 3), num_classes=10, num_train=10000, num_test=1000),
-      SyntheticConfig(name='tiny8', description='Grey 8x8 with 5 classes (tests).',
-                      image_shape=(8, 8, 1), num_classes=5, num_train=300, num_test=50),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -20,6 +20,20 @@ Chunking. Per-example work (a vmap over examples) runs over chunks of `chunk_siz
 `lax.map`, so peak memory is that of one chunk. Chunk j holds examples j, j + n, j + 2n, ... (n
 chunks); this strided split keeps each chunk spread over all devices when the batch axis is
 sharded. Results do not depend on `chunk_size` (up to floating-point summation order).
+
+Devices. The functions give the same numbers on one device, under `jax.jit` with the batch
+sharded over a mesh, and inside `jax.shard_map` (each device's view, the DESIGN's step style):
+* Under `jax.jit` with inputs on a multi-device mesh, the per-example work runs in a
+  `jax.shard_map` over all the mesh's axes (the batch split evenly, padded if needed, params
+  replicated). This is needed for correctness, not only speed: XLA's partitioner returns wrong
+  per-example gradients for a vmapped convolution whose batch is sharded (the
+  batch-grouped weight-gradient convolution; seen with jax 0.10.2 on CPU, Shardy and GSPMD).
+* Inside `jax.shard_map`, the inputs are taken to be the local slice of a global batch split
+  evenly over all manual mesh axes: parameter gradients are made per-device (`jax.lax.pcast(...,
+  to='varying')`; otherwise JAX sums the gradient of a replicated value over devices), sampled
+  labels use the local rows of the global Gumbel noise (so they equal the single-device labels),
+  and scalar results are averaged over devices (`lax.pmean`): every device gets the global
+  value. `per_example_grad_sq_norms` returns the local rows [B_local].
 """
 
 import math
@@ -40,6 +54,73 @@ def _check_chunk_size(chunk_size):
                      '(all examples at once).')
 
 
+def _pad_batch(xs, multiple):
+  """Pads the leading axis of every leaf with zeros to a multiple of `multiple`; (xs, pad)."""
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  pad = -batch % multiple
+  if pad:
+    xs = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), xs)
+  return xs, pad
+
+
+def _manual_axes():
+  """Mesh axes this code runs manually over (inside `jax.shard_map`), or ()."""
+  return tuple(jax.sharding.get_abstract_mesh().manual_axes)
+
+
+def _make_varying(tree, axes):
+  """Marks replicated values as per-device over `axes` (inside shard_map), so that gradients
+  with respect to them stay per-device instead of being summed over devices by JAX."""
+  def one(x):
+    missing = tuple(a for a in axes if a not in jax.typeof(x).mat.varying)
+    return jax.lax.pcast(x, missing, to='varying') if missing else x
+  return jax.tree.map(one, tree)
+
+
+def _global_mean(values):
+  """Mean over the examples of the global batch: local mean, then pmean over manual axes."""
+  mean = jnp.mean(values)
+  axes = _manual_axes()
+  return jax.lax.pmean(mean, axes) if axes else mean
+
+
+def _inputs_mesh(xs):
+  """The multi-device mesh the (traced) inputs live on, or None."""
+  mesh = getattr(jax.typeof(jax.tree.leaves(xs)[0]).sharding, 'mesh', None)
+  if mesh is None or mesh.empty or mesh.size == 1:
+    mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or mesh.size == 1 else mesh
+
+
+def _per_example(fn: Callable, params, xs, chunk_size: Optional[int]):
+  """`jax.vmap(lambda x: fn(params, x))(xs)` in chunks, correct on any device layout.
+
+  On a multi-device mesh (outside shard_map) the work is placed in a shard_map over all mesh
+  axes, which sidesteps XLA's mis-partitioning of vmapped convolution gradients; inside
+  shard_map the parameters are made per-device first (see the module docstring).
+  """
+  _check_chunk_size(chunk_size)
+  manual = _manual_axes()
+  if manual:
+    params = _make_varying(params, manual)
+    return map_in_chunks(lambda x: fn(params, x), xs, chunk_size)
+  mesh = _inputs_mesh(xs)
+  if mesh is None:
+    return map_in_chunks(lambda x: fn(params, x), xs, chunk_size)
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  axes = tuple(mesh.axis_names)
+  spec = jax.sharding.PartitionSpec(axes)
+  xs, _ = _pad_batch(xs, mesh.size)
+  if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
+    xs = jax.sharding.reshard(xs, jax.sharding.NamedSharding(mesh, spec))
+    params = jax.sharding.reshard(
+        params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  body = lambda p, x: _per_example(fn, p, x, chunk_size)
+  out = jax.shard_map(body, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec),
+                      out_specs=spec)(params, xs)
+  return jax.tree.map(lambda y: y[:batch], out)
+
+
 def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
   """Applies a per-example `fn` to every example of `xs`, `chunk_size` examples at a time.
 
@@ -58,10 +139,9 @@ def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
   if chunk_size is None or chunk_size >= batch:
     return jax.vmap(fn)(xs)
   num_chunks = math.ceil(batch / chunk_size)
-  pad = num_chunks * chunk_size - batch
+  xs, _ = _pad_batch(xs, chunk_size)
 
   def to_chunks(x):  # [B, ...] -> [num_chunks, chunk_size, ...], chunk j = rows j::num_chunks.
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
     return jnp.swapaxes(x.reshape((chunk_size, num_chunks) + x.shape[1:]), 0, 1)
 
   def from_chunks(y):  # inverse of to_chunks, padding dropped.
@@ -87,18 +167,27 @@ def _ce_logit_grad(z, label):
 
 
 def _per_example_label_sq_norms(logits_fn, params, inputs, labels, chunk_size):
-  def one(example):
+  def one(p, example):
     x, y = example
-    z, vjp = _single_logits_and_vjp(logits_fn, params, x)
+    z, vjp = _single_logits_and_vjp(logits_fn, p, x)
     (g,) = vjp(_ce_logit_grad(z, y))
     return _sq_norm(g)
-  return map_in_chunks(one, (inputs, labels), chunk_size)
+  return _per_example(one, params, (inputs, labels), chunk_size)
 
 
 def _gumbel_noise(logits_fn, params, inputs, rng):
-  """The Gumbel noise G [B, C] that `jax.random.categorical(rng, z)` adds to the logits."""
+  """The rows of G [B, C] that `jax.random.categorical(rng, z)` adds to the logits z [B, C].
+
+  Inside shard_map the noise of the global batch is drawn and this device's rows returned.
+  """
   shape = jax.eval_shape(logits_fn, params, inputs)
-  return jax.random.gumbel(rng, shape.shape, shape.dtype)
+  axes = _manual_axes()
+  if not axes:
+    return jax.random.gumbel(rng, shape.shape, shape.dtype)
+  local = shape.shape[0]
+  num_devices = math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in axes)
+  noise = jax.random.gumbel(rng, (local * num_devices,) + shape.shape[1:], shape.dtype)
+  return jax.lax.dynamic_slice_in_dim(noise, jax.lax.axis_index(axes) * local, local)
 
 
 def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
@@ -110,7 +199,7 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     params: the parameter pytree θ.
     inputs: [B, ...] examples.
     labels: [B] integer labels y_i.
-    chunk_size: examples per vmap call (bounds memory); None: all at once.
+    chunk_size: examples per vmap call on each device (bounds memory); None: all at once.
 
   Returns:
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
@@ -139,7 +228,7 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     estimator: one of 'sampled', 'exact', 'empirical'.
     rng: PRNG key, required by 'sampled' (ŷ = jax.random.categorical(rng, logits [B, C])).
     labels: [B] integer labels, required by 'empirical'.
-    chunk_size: examples per vmap call (bounds memory); None: all at once.
+    chunk_size: examples per vmap call on each device (bounds memory); None: all at once.
 
   Returns:
     Scalar Tr(F) estimate.
@@ -150,24 +239,25 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
   if estimator == 'empirical':
     if labels is None:
       raise ValueError("fisher_trace(estimator='empirical') needs labels=[B] true labels.")
-    return jnp.mean(_per_example_label_sq_norms(logits_fn, params, inputs, labels, chunk_size))
+    return _global_mean(_per_example_label_sq_norms(logits_fn, params, inputs, labels,
+                                                    chunk_size))
   if estimator == 'sampled':
     if rng is None:
       raise ValueError("fisher_trace(estimator='sampled') needs rng=a PRNG key to sample "
                        'labels from the model.')
     gumbel = _gumbel_noise(logits_fn, params, inputs, rng)
 
-    def one_sampled(example):
+    def one_sampled(p, example):
       x, noise = example
-      z, vjp = _single_logits_and_vjp(logits_fn, params, x)
+      z, vjp = _single_logits_and_vjp(logits_fn, p, x)
       label = jax.lax.stop_gradient(jnp.argmax(z + noise))
       (g,) = vjp(_ce_logit_grad(z, label))
       return _sq_norm(g)
 
-    return jnp.mean(map_in_chunks(one_sampled, (inputs, gumbel), chunk_size))
+    return _global_mean(_per_example(one_sampled, params, (inputs, gumbel), chunk_size))
   if estimator == 'exact':
-    def one_exact(x):
-      z, vjp = _single_logits_and_vjp(logits_fn, params, x)
+    def one_exact(p, x):
+      z, vjp = _single_logits_and_vjp(logits_fn, p, x)
       p = jax.nn.softmax(z)
       # Rows u_c = sqrt(p_c) (p - e_c): Σ_c u_c u_cᵀ = diag(p) - p pᵀ, so Σ_c ‖J^T u_c‖² is
       # Σ_c p_c ‖∇θ CE(x, c)‖².
@@ -175,17 +265,23 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
       (grads,) = jax.vmap(vjp)(cotangents)
       return _sq_norm(grads)
 
-    return jnp.mean(map_in_chunks(one_exact, inputs, chunk_size))
+    return _global_mean(_per_example(one_exact, params, inputs, chunk_size))
   raise ValueError(f'estimator={estimator!r} is unknown; choose one of {list(FISHER_ESTIMATORS)}.')
 
 
 def _mean_ce_grad(logits_fn, params, inputs, labels=None, gumbel=None):
-  """(1/B) Σ_i ∇θ CE(x_i, y_i) with y_i = labels, or argmax(z_i + gumbel_i) when labels is None."""
+  """(1/B) Σ_i ∇θ CE(x_i, y_i) with y_i = labels, or argmax(z_i + gumbel_i) when labels is None.
+
+  Inside shard_map: the local mean gradient, averaged over the manual axes (the global mean).
+  """
+  axes = _manual_axes()
+  if axes:
+    params = _make_varying(params, axes)
   z, vjp = jax.vjp(lambda p: logits_fn(p, inputs), params)
   if labels is None:
     labels = jax.lax.stop_gradient(jnp.argmax(z + gumbel, axis=-1))
   (g,) = vjp(_ce_logit_grad(z, labels) / z.shape[0])
-  return g
+  return jax.lax.pmean(g, axes) if axes else g
 
 
 def batch_fisher_trace(logits_fn: LogitsFn, params, inputs, *, rng: jax.Array) -> jax.Array:

@@ -165,3 +165,15 @@ def test_init_from_a_different_model_is_refused(default_config, tmp_path):
   with pytest.raises(ValueError, match='init_from.workdir'):
     train.train_and_evaluate(config, str(tmp_path / 'other'))
   assert not (tmp_path / 'other').exists()
+
+
+def test_label_noise_run_logs_clean_and_noisy_metrics(default_config, tmp_path):
+  config = _small(default_config, epochs=1)
+  config.dataset.label_noise = 0.25
+  train.train_and_evaluate(config, str(tmp_path))
+  last = writers.read_metrics(str(tmp_path))[-1]
+  for name in ('train_clean/accuracy', 'train_noisy/accuracy', 'train_clean/grad_norm',
+               'train_noisy/grad_norm'):
+    assert np.isfinite(last[name]), name
+  # After one epoch the network fits the clean labels far better than the noisy ones.
+  assert last['train_clean/accuracy'] > last['train_noisy/accuracy']

@@ -1,9 +1,19 @@
 """Model registry: `get_model(name, num_classes, **kwargs)` returns a flax.linen Module.
 
+Registered: simple_cnn, vgg11 (batch_norm=False|True), resnet18 and resnet50
+(stem='imagenet'|'cifar'), wide_resnet (depth, widen_factor, dropout_rate, stem_stride), densenet
+(CIFAR DenseNet-BC: depth, growth_rate, bottleneck, compression, dropout_rate) and densenet121.
+Every one also takes `dtype` (computation dtype; 'bfloat16' on GPU/TPU; parameters stay float32).
+docs/models.md lists the kwargs and parameter counts.
+
 Every model is called as `model.apply(variables, images [B, H, W, C], train=bool)` and returns
-float32 logits [B, num_classes]. Models with BatchNorm keep running averages in the
-`batch_stats` collection (used in evaluation and in every curvature measurement); models without
-BatchNorm carry no `batch_stats`.
+float32 logits [B, num_classes] (float64 for dtype='float64'). Models with BatchNorm keep running
+averages in the `batch_stats` collection (used in evaluation and in every curvature measurement)
+and are called with `mutable=['batch_stats']` in training; models without BatchNorm carry no
+`batch_stats`.
+BatchNorm has no axis_name: under shard_map its statistics are per device, and the training step
+averages the updated running averages with `lax.pmean(batch_stats, 'data')`. Models with
+`dropout_rate > 0` need `rngs={'dropout': key}` in training.
 """
 
 import inspect
@@ -21,7 +31,8 @@ from fisher_jax.models.wide_resnet import WideResNet, wide_resnet
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
            'float64': jnp.float64}  # float64 needs jax.enable_x64 (brute-force references).
 
-# name -> constructor(num_classes, **kwargs). Variants are partials of a family's class.
+# name -> constructor(num_classes, **kwargs): a family's class, or a function that validates the
+# variant's options and builds it.
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     'simple_cnn': SimpleCNN,
     'vgg11': vgg11,

@@ -118,7 +118,7 @@ def _make_resnet(name, stage_sizes, block, num_classes, stem, width, dtype):
   if stem not in STEMS:
     raise ValueError(f'model.stem={stem!r} is invalid for {name}; choose one of {list(STEMS)} '
                      "('cifar' for 32x32 inputs).")
-  if not isinstance(width, int) or width < 1:
+  if not isinstance(width, int) or isinstance(width, bool) or width < 1:
     raise ValueError(f'model.width={width!r} is invalid for {name}; use a positive integer '
                      '(64 is the standard network).')
   return ResNet(num_classes=num_classes, stage_sizes=stage_sizes, block=block, stem=stem,

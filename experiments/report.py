@@ -133,9 +133,40 @@ def _experiment_section(name: str, runs, out: str, phase: summaries.EarlyPhase) 
   return lines
 
 
+def _check_claims(runs, by_experiment, phase: summaries.EarlyPhase):
+  return [
+      claims.check_c1(runs, phase),
+      claims.check_c2(by_experiment.get('regularizers', []), phase),
+      claims.check_c3(by_experiment.get('early_fisher', []), phase),
+      claims.check_c4(by_experiment.get('memorization', [])),
+      claims.check_c5(by_experiment.get('flat_minima', []),
+                      by_experiment.get('hessian_trace', []), phase),
+  ]
+
+
+SENSITIVITY_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _c1_sensitivity(runs, phase: summaries.EarlyPhase) -> List[str]:
+  """C1's small/tuned Tr(F_i) ratio under each definition: the window and several thresholds."""
+  phases = [phase] + [summaries.EarlyPhase(method='threshold', threshold=t)
+                      for t in SENSITIVITY_THRESHOLDS]
+  tables = [claims.check_c1(runs, p).table for p in phases]
+  frame = tables[0][['experiment', 'group']].copy()
+  for p, table in zip(phases, tables):
+    frame[p.short()] = table['ratio'].to_numpy()
+  return ['How the C1 ratio (small-lr over tuned-lr Tr(F_i)) depends on the definition of '
+          'Tr(F_i) (empty: a run never reached that training accuracy):', '',
+          markdown_table(frame)]
+
+
 def write_report(root: str, out: str, phase: summaries.EarlyPhase,
+                 alternative: Optional[summaries.EarlyPhase] = None,
                  command: Optional[str] = None) -> str:
   """Writes the figures, their CSVs and report.md for the runs under `root` into `out`.
+
+  The figures use the early-phase definition `phase`; the claims are checked with `phase` and,
+  when given, with `alternative` too (the report shows both verdicts).
 
   Returns:
     The path of report.md.
@@ -155,21 +186,27 @@ def write_report(root: str, out: str, phase: summaries.EarlyPhase,
             + '. "Final" means the last evaluation of a run; means and standard deviations are '
             'over seeds.', '']
 
-  results = [
-      claims.check_c1(runs, phase),
-      claims.check_c2(by_experiment.get('regularizers', []), phase),
-      claims.check_c3(by_experiment.get('early_fisher', []), phase),
-      claims.check_c4(by_experiment.get('memorization', [])),
-      claims.check_c5(by_experiment.get('flat_minima', []),
-                      by_experiment.get('hessian_trace', []), phase),
-  ]
-  lines += ['## Claims', '', '| claim | statement | verdict |', '|---|---|---|']
-  lines += [f'| {r.key} | {r.statement} | **{r.verdict}** |' for r in results]
+  results = _check_claims(runs, by_experiment, phase)
+  other = _check_claims(runs, by_experiment, alternative) if alternative else None
+  header = f'| claim | statement | verdict, Tr(F_i) = {phase.short()} |'
+  if other:
+    header += f' verdict, Tr(F_i) = {alternative.short()} |'
+  lines += ['## Claims', '', header, '|---|---|---|' + ('---|' if other else '')]
+  for k, r in enumerate(results):
+    lines.append(f'| {r.key} | {r.statement} | **{r.verdict}** |' +
+                 (f' **{other[k].verdict}** |' if other else ''))
   lines.append('')
-  for r in results:
+  for k, r in enumerate(results):
     lines += [f'**{r.key}** ({r.verdict}): {r.evidence}.', '']
     if len(r.table):
       r.table.to_csv(os.path.join(out, f'claim_{r.key}.csv'), index=False)
+    if other and other[k].evidence != r.evidence:
+      lines += [f'With Tr(F_i) = {alternative.short()} ({other[k].verdict}): '
+                f'{other[k].evidence}.', '']
+      if len(other[k].table):
+        other[k].table.to_csv(os.path.join(out, f'claim_{r.key}_alternative.csv'), index=False)
+    if r.key == 'C1' and len(r.table):
+      lines += _c1_sensitivity(runs, phase) + ['']
   lines += ['The rule for each verdict is in `fisher_jax/analysis/claims.py`; the numbers are '
             'in claim_C*.csv.', '', '## Experiments', '']
   for name in EXPERIMENTS:
@@ -188,17 +225,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--root', required=True, help='the --root of experiments.run')
   parser.add_argument('--out', required=True, help='where the figures and report.md go')
-  parser.add_argument('--early_method', choices=summaries.METHODS, default='window')
+  parser.add_argument('--early_method', choices=summaries.METHODS, default='window',
+                      help='the definition of Tr(F_i) used by the figures; the claims are '
+                           'checked with both definitions')
   parser.add_argument('--early_end_epoch', type=float, default=None,
                       help="window end (default: each run's experiment.early_epochs)")
-  parser.add_argument('--early_threshold', type=float, default=0.9,
+  parser.add_argument('--early_threshold', type=float, default=0.8,
                       help="training accuracy ending the early phase ('threshold' method)")
   args = parser.parse_args(argv)
   phase = summaries.EarlyPhase(method=args.early_method, end_epoch=args.early_end_epoch,
                                threshold=args.early_threshold)
+  other = 'threshold' if args.early_method == 'window' else 'window'
+  alternative = summaries.EarlyPhase(method=other, end_epoch=args.early_end_epoch,
+                                     threshold=args.early_threshold)
   command = 'python -m experiments.report ' + ' '.join(argv if argv is not None else
                                                        sys.argv[1:])
-  print(write_report(args.root, args.out, phase, command))
+  print(write_report(args.root, args.out, phase, alternative, command))
   return 0
 
 

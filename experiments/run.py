@@ -164,16 +164,17 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executa
       log(f'FAILED  {job.key}: {error}')
       continue
     pending.append(job)
+  keys = {job.key for job in jobs}
   running: Dict[str, Tuple[Job, subprocess.Popen, object]] = {}
   total, started = len(pending), 0
   try:
     while pending or running:
       for job in list(pending):
-        deps = [status.get(a) for a in job.after]
+        deps = [status.get(a) if a in keys else BLOCKED for a in job.after]
         if any(d in (FAILED, BLOCKED) for d in deps):
           status[job.key] = BLOCKED
           pending.remove(job)
-          log(f'blocked {job.key}: waits for a failed run')
+          log(f'blocked {job.key}: waits for a run that failed or is not in this sweep')
         elif len(running) < workers and all(d in (DONE, SKIPPED) for d in deps):
           pending.remove(job)
           os.makedirs(job.workdir, exist_ok=True)
@@ -243,10 +244,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.dry_run:
     _print_dry_run(jobs)
     return 0
-  return execute(jobs, args.workers)
+  return execute(jobs, args.workers, os.path.abspath(args.root))
 
 
-def execute(jobs: Sequence[Job], workers: int) -> int:
+def run_environment(root: str, workers: int, base: Optional[Dict[str, str]] = None
+                    ) -> Dict[str, str]:
+  """The environment of the runs: `base` (default os.environ) plus
+
+  * a persistent JAX compilation cache shared by the runs, ROOT/.jax_cache (runs of a sweep
+    compile the same measurement and evaluation steps; unless JAX_COMPILATION_CACHE_DIR is set);
+  * when `workers` is at least the number of CPU cores, single-threaded XLA CPU and TensorFlow
+    ops, so that parallel runs do not oversubscribe the cores (parallelism comes from the runs).
+  """
+  env = dict(os.environ if base is None else base)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(root, '.jax_cache'))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  if workers >= (os.cpu_count() or 1):
+    flag = '--xla_cpu_multi_thread_eigen=false'
+    if flag not in env.get('XLA_FLAGS', ''):
+      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flag).strip()
+    env.setdefault('TF_NUM_INTRAOP_THREADS', '1')
+    env.setdefault('TF_NUM_INTEROP_THREADS', '1')
+  return env
+
+
+def execute(jobs: Sequence[Job], workers: int, root: str) -> int:
   """Runs `jobs` (see `run_jobs`) until done or stopped by SIGINT/SIGTERM; prints a summary.
 
   Returns:
@@ -256,7 +279,7 @@ def execute(jobs: Sequence[Job], workers: int) -> int:
     signal.signal(sig, _raise_stop)
   start = time.monotonic()
   try:
-    status = run_jobs(jobs, workers)
+    status = run_jobs(jobs, workers, env=run_environment(root, workers))
   except _Stop as stop:
     print(f'stopped by {stop}; start the same command again to resume.', flush=True)
     return 130

@@ -165,7 +165,7 @@ def test_claim_c1_holds_at_a_4x_peak_and_not_at_2x(tmp_path):
   assert held.table.ratio.tolist() == [pytest.approx(40 / 10)]  # Means over seeds 0, 1.
   not_held = claims.check_c1(_explosion_runs(tmp_path / 'b', 19.5, 9.5), phase)
   assert not_held.verdict == 'not held' and not_held.table.ratio[0] == pytest.approx(2.0)
-  assert claims.check_c1([], phase).verdict == 'no runs'
+  assert claims.check_c1([], phase).verdict == 'no data'
 
 
 def test_claim_c2_compares_fp_with_the_small_lr_and_tuned_baselines(tmp_path):

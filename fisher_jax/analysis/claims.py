@@ -10,7 +10,8 @@
 
 Each check returns a `ClaimResult` whose verdict is one of VERDICTS: 'held' (every setting
 meets the rule), 'partly held' (some do, or the direction is right but not significant),
-'not held', or 'no runs'. Means are over seeds; a per-setting table gives every number used.
+'not held', or 'no data' (no runs, or the numbers are undefined: e.g. a run never reached the
+training accuracy that defines its Tr(F_i)). Means are over seeds; a per-setting table gives every number used.
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ from fisher_jax.analysis import summaries
 from fisher_jax.analysis.runs import Run
 from fisher_jax.analysis.runs import label_of
 
-VERDICTS = ('held', 'partly held', 'not held', 'no runs')
+VERDICTS = ('held', 'partly held', 'not held', 'no data')
 STATEMENTS = {
     'C1': "small-lr runs reach an early Tr(F) peak >= 3x the tuned-lr runs'",
     'C2': 'FP at small lr lowers that peak and raises test accuracy toward the tuned-lr level',
@@ -56,7 +57,7 @@ class ClaimResult:
 
 def _verdict(flags: Sequence[bool]) -> str:
   if not len(flags):
-    return 'no runs'
+    return 'no data'
   if all(flags):
     return 'held'
   return 'partly held' if any(flags) else 'not held'
@@ -88,7 +89,7 @@ def check_c1(runs: Sequence[Run], phase: summaries.EarlyPhase) -> ClaimResult:
                  'early_fisher_small': peak_small, 'early_fisher_tuned': peak_tuned,
                  'ratio': peak_small / peak_tuned, 'seeds': min(len(small), len(tuned))})
   table = pd.DataFrame(rows)
-  flags = [bool(r >= 3.0) for r in table.get('ratio', [])]
+  flags = [bool(r >= 3.0) for r in table.get('ratio', []) if np.isfinite(r)]
   evidence = '; '.join(
       f"{r.experiment}{'/' + r.group if r.group else ''}: Tr(F_i) {r.early_fisher_small:.3g} at "
       f"lr={r.lr_small:g} vs {r.early_fisher_tuned:.3g} at lr={r.lr_tuned:g}, ratio "
@@ -114,7 +115,9 @@ def check_c2(runs: Sequence[Run], phase: summaries.EarlyPhase) -> ClaimResult:
                  'gap_closed': (acc['fp'] - acc['small']) / gap if gap > 0 else math.nan})
   table = pd.DataFrame(rows)
   flags = [bool(r.early_fisher_fp < r.early_fisher_small and r.test_acc_fp > r.test_acc_small)
-           for r in table.itertuples()]
+           for r in table.itertuples()
+           if np.isfinite([r.early_fisher_fp, r.early_fisher_small, r.test_acc_fp,
+                           r.test_acc_small]).all()]
   evidence = '; '.join(
       f"{r.group or 'runs'}: Tr(F_i) {r.early_fisher_small:.3g} (small lr) -> "
       f"{r.early_fisher_fp:.3g} (FP); final test accuracy {r.test_acc_small:.4f} (small lr) -> "
@@ -143,7 +146,7 @@ def check_c3(runs: Sequence[Run], phase: summaries.EarlyPhase) -> ClaimResult:
       flags.append('held' if spearman.high < 0 else ('weak' if spearman.r < 0 else 'no'))
   table = pd.DataFrame(rows)
   if not flags:
-    verdict = 'no runs'
+    verdict = 'no data'
   elif all(f == 'held' for f in flags):
     verdict = 'held'
   elif any(f in ('held', 'weak') for f in flags):
@@ -209,7 +212,7 @@ def check_c5(flat_runs: Sequence[Run], hessian_runs: Sequence[Run],
                  else 0.0,
                  'best_test_accuracy_mean': float(c.best_test_accuracy.mean()), 'n': len(c)})
   flags, sentences = [], []
-  if len(rows) >= 2:
+  if len(rows) >= 2 and np.isfinite([r['parent_early_fisher'] for r in rows]).all():
     ordered = sorted(rows, key=lambda r: r['parent_early_fisher'])
     low, high = ordered[0], ordered[-1]
     flags.append(low['hessian_at_best_mean'] < high['hessian_at_best_mean'])
@@ -229,9 +232,9 @@ def check_c5(flat_runs: Sequence[Run], hessian_runs: Sequence[Run],
                  'spearman_low': rho.low, 'spearman_high': rho.high, 'n': rho.n})
     sentences.append(f'over the hessian_trace runs, early Tr(F_i) vs final Tr(H): '
                      f'{rho.describe()}')
-    if not flags and np.isfinite(rho.r):
-      flags.append(bool(rho.low > 0))
-      if rho.r > 0 and not rho.low > 0:
-        flags.append(True)  # Right direction, not significant: partly held.
+    if not flags and np.isfinite(rho.r):  # No flat-minima runs: this correlation decides.
+      verdict = ('held' if rho.low > 0 else 'partly held' if rho.r > 0 else 'not held')
+      return ClaimResult('C5', STATEMENTS['C5'], verdict, '; '.join(sentences),
+                         pd.DataFrame(rows))
   return ClaimResult('C5', STATEMENTS['C5'], _verdict(flags), '; '.join(sentences) or 'no runs.',
                      pd.DataFrame(rows))

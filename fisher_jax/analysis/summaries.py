@@ -44,7 +44,7 @@ class EarlyPhase:
   start_epoch: float = 0.0
   end_epoch: Optional[float] = None
   end_fraction: float = 0.25
-  threshold: float = 0.9
+  threshold: float = 0.8
   metric: str = FISHER
   accuracy_metric: str = 'train/accuracy'
 
@@ -63,13 +63,19 @@ class EarlyPhase:
       return float(run.get('experiment.early_epochs'))
     return self.end_fraction * float(run.get('num_epochs'))
 
+  def short(self) -> str:
+    """A few words for table headers."""
+    if self.method == 'window':
+      end = f'{self.end_epoch:g}' if self.end_epoch is not None else 'E'
+      return f'max Tr(F) over epochs {self.start_epoch:g}-{end}'
+    return f'Tr(F) at train acc {self.threshold:g}'
+
   def describe(self) -> str:
     """One sentence for reports."""
     if self.method == 'window':
       end = (f'epoch {self.end_epoch:g}' if self.end_epoch is not None else
              f"the config's experiment.early_epochs (else {self.end_fraction:.0%} of the epochs)")
-      return (f'the maximum of {self.metric} over epochs {self.start_epoch:g} to {end} '
-              '(inclusive)')
+      return f'the maximum of {self.metric} over epochs {self.start_epoch:g} to {end}'
     return (f'{self.metric} when {self.accuracy_metric} first reaches {self.threshold:g}')
 
 

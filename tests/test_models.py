@@ -261,7 +261,7 @@ def test_data_parallel_batch_norm_statistics_are_per_device():
   averages equals the mean of the per-shard updates."""
   devices = np.array(jax.devices())
   n = len(devices)
-  assert n == 8  # tests/conftest.py fakes 8 CPU devices.
+  assert n >= 2  # tests/conftest.py fakes 8 CPU devices.
   mesh = Mesh(devices, ('data',))
   model = _tiny_batch_norm_model()
   rng = np.random.default_rng(0)

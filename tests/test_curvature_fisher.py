@@ -48,13 +48,6 @@ def _problem(kind, batch=7, seed=0):
   return logits_fn, params, inputs, labels
 
 
-def _jit(fn, logits_fn, *args, **kwargs):
-  """Calls `fn(logits_fn, *args, **kwargs)` under jit (string and int options are static)."""
-  static = {k: v for k, v in kwargs.items() if isinstance(v, (str, int)) or v is None}
-  dynamic = {k: v for k, v in kwargs.items() if k not in static}
-  return jax.jit(functools.partial(fn, logits_fn, **static))(*args, **dynamic)
-
-
 def _all_quantities(logits_fn, params, inputs, labels, rng, chunk_size=None):
   """Every Fisher quantity, as a dict name -> value (per-example norms summed)."""
   out = {est: curvature.fisher_trace(logits_fn, params, inputs, estimator=est, rng=rng,
@@ -84,73 +77,56 @@ def test_cross_entropy_and_accuracy_match_definitions(x64):
 
 
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
-def test_per_example_grad_sq_norms_match_dense(x64, kind):
-  logits_fn, params, inputs, labels = _problem(kind)
-  got = _jit(curvature.per_example_grad_sq_norms, logits_fn, params, inputs, labels)
-  want = _jit(dense.per_example_grad_sq_norms, logits_fn, params, inputs, labels)
-  assert got.shape == (inputs.shape[0],)
-  np.testing.assert_allclose(got, want, rtol=RTOL)
-
-
-@pytest.mark.parametrize('kind', ['mlp', 'cnn'])
-def test_fisher_traces_match_dense(x64, kind):
-  """All three estimators; 'sampled' against the dense value at the same sampled labels."""
+def test_every_fisher_quantity_matches_dense(x64, kind):
+  """Per-example norms, the three estimators ('sampled' against the dense value at the same
+  sampled labels), Tr(F_B) and the gradient norm, against `dense` at rtol 1e-8."""
   logits_fn, params, inputs, labels = _problem(kind)
   rng = jax.random.PRNGKey(3)
 
-  def all_estimators(module, params, inputs, labels, rng):
-    return {est: module.fisher_trace(logits_fn, params, inputs, estimator=est, rng=rng,
-                                     labels=labels) for est in curvature.FISHER_ESTIMATORS}
-  got = jax.jit(functools.partial(all_estimators, curvature))(params, inputs, labels, rng)
-  want = jax.jit(functools.partial(all_estimators, dense))(params, inputs, labels, rng)
-  for est in curvature.FISHER_ESTIMATORS:
-    np.testing.assert_allclose(got[est], want[est], rtol=RTOL, err_msg=est)
-  assert len({round(float(v), 6) for v in got.values()}) == 3  # three different quantities
+  def everything(module, params, inputs, labels, rng):
+    out = {est: module.fisher_trace(logits_fn, params, inputs, estimator=est, rng=rng,
+                                    labels=labels) for est in curvature.FISHER_ESTIMATORS}
+    out['norms'] = module.per_example_grad_sq_norms(logits_fn, params, inputs, labels)
+    out['batch'] = module.batch_fisher_trace(logits_fn, params, inputs, rng=rng)
+    out['grad_norm'] = module.gradient_norm(logits_fn, params, inputs, labels)
+    return out
+  got = jax.jit(functools.partial(everything, curvature))(params, inputs, labels, rng)
+  want = jax.jit(functools.partial(everything, dense))(params, inputs, labels, rng)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=RTOL, err_msg=name)
+  assert got['norms'].shape == (inputs.shape[0],)
+  assert len({round(float(got[e]), 6) for e in curvature.FISHER_ESTIMATORS}) == 3
+  # The gradient norm is the norm of the mean-loss gradient (not squared, not a mean of norms).
+  mean_loss_grad = jax.grad(curvature.make_loss_fn(logits_fn, inputs, labels))(params)
+  np.testing.assert_allclose(got['grad_norm'], np.sqrt(sum(
+      np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(mean_loss_grad))), rtol=RTOL)
 
 
-def test_sampled_uses_the_contract_labels(x64):
-  """'sampled' equals 'empirical' at ŷ = jax.random.categorical(rng, logits) and not at others."""
-  logits_fn, params, inputs, _ = _problem('mlp', batch=32)
-  rng = jax.random.PRNGKey(11)
-  y_hat = jax.random.categorical(rng, logits_fn(params, inputs))
-  sampled = _jit(curvature.fisher_trace, logits_fn, params, inputs, estimator='sampled', rng=rng)
-  at_y_hat = _jit(curvature.fisher_trace, logits_fn, params, inputs, estimator='empirical',
-                                    labels=y_hat)
-  np.testing.assert_allclose(sampled, at_y_hat, rtol=1e-12)
-  other = _jit(curvature.fisher_trace, logits_fn, params, inputs, estimator='sampled',
-                                 rng=jax.random.PRNGKey(12))
-  assert abs(float(other) - float(sampled)) > 1e-6 * float(sampled)
-
-
-def test_sampled_converges_to_exact(x64):
-  """The mean of 400 'sampled' draws is within 4 standard errors of 'exact'."""
+def test_sampled_labels_follow_the_contract_and_converge_to_exact(x64):
+  """'sampled' equals 'empirical' at ŷ = jax.random.categorical(rng, logits) (and differs for
+  another rng); the mean of 400 draws is within 4 standard errors of 'exact'."""
   logits_fn, params, inputs, labels = _problem('mlp', batch=8)
-  exact = _jit(curvature.fisher_trace, logits_fn, params, inputs, estimator='exact')
-  draw = lambda r: curvature.fisher_trace(logits_fn, params, inputs, estimator='sampled', rng=r)
-  draws = jax.jit(jax.vmap(draw))(jax.random.split(jax.random.PRNGKey(0), 400))
-  mean, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / np.sqrt(len(draws))
-  assert abs(mean - float(exact)) < 4 * stderr
-  assert stderr < 0.03 * float(exact)  # tight enough to tell 'exact' from other quantities:
-  empirical = _jit(curvature.fisher_trace, logits_fn, params, inputs, estimator='empirical',
-                   labels=labels)
-  assert abs(float(empirical) - float(exact)) > 8 * stderr
+  rng = jax.random.PRNGKey(11)
 
-
-@pytest.mark.parametrize('kind', ['mlp', 'cnn'])
-def test_batch_fisher_trace_and_gradient_norm_match_dense(x64, kind):
-  logits_fn, params, inputs, labels = _problem(kind)
-  rng = jax.random.PRNGKey(5)
-  np.testing.assert_allclose(_jit(curvature.batch_fisher_trace, logits_fn, params, inputs, rng=rng),
-                             _jit(dense.batch_fisher_trace, logits_fn, params, inputs, rng=rng),
-                             rtol=RTOL)
-  np.testing.assert_allclose(_jit(curvature.gradient_norm, logits_fn, params, inputs, labels),
-                             _jit(dense.gradient_norm, logits_fn, params, inputs, labels), rtol=RTOL)
-  # The norm of the mean gradient, i.e. not squared and not a per-example mean.
-  mean_loss_grad = jax.grad(lambda p: jnp.mean(losses.cross_entropy(logits_fn(p, inputs),
-                                                                    labels)))(params)
-  np.testing.assert_allclose(_jit(curvature.gradient_norm, logits_fn, params, inputs, labels),
-                             np.sqrt(sum(np.sum(np.asarray(g) ** 2)
-                                         for g in jax.tree.leaves(mean_loss_grad))), rtol=RTOL)
+  @jax.jit
+  def run(params, inputs, labels, rng):
+    trace = functools.partial(curvature.fisher_trace, logits_fn, params, inputs)
+    y_hat = jax.random.categorical(rng, logits_fn(params, inputs))
+    draws = jax.vmap(lambda r: trace(estimator='sampled', rng=r))(jax.random.split(rng, 400))
+    return dict(sampled=trace(estimator='sampled', rng=rng),
+                at_y_hat=trace(estimator='empirical', labels=y_hat),
+                other=trace(estimator='sampled', rng=jax.random.fold_in(rng, 1)),
+                exact=trace(estimator='exact'), empirical=trace(estimator='empirical',
+                                                                labels=labels), draws=draws)
+  out = run(params, inputs, labels, rng)
+  np.testing.assert_allclose(out['sampled'], out['at_y_hat'], rtol=1e-12)
+  assert abs(float(out['other'] - out['sampled'])) > 1e-6 * float(out['sampled'])
+  mean = float(jnp.mean(out['draws']))
+  stderr = float(jnp.std(out['draws'])) / np.sqrt(400)
+  exact = float(out['exact'])
+  assert abs(mean - exact) < 4 * stderr
+  assert stderr < 0.03 * exact  # tight enough to tell 'exact' from the empirical Fisher:
+  assert abs(float(out['empirical']) - exact) > 8 * stderr
 
 
 # ----------------------------------------------------------------------------- chunking

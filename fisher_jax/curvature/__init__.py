@@ -2,9 +2,13 @@
 
 All functions are pure and jit-able and take the model as a function:
 `logits_fn(params, inputs [B, ...]) -> logits [B, C]` (per-example independent; see
-`make_logits_fn` for flax models with BatchNorm) or `loss_fn(params) -> scalar` (Hessian).
-Brute-force references live in `fisher_jax.curvature.dense` (tests only).
+`make_logits_fn` for flax models with BatchNorm) or `loss_fn(params) -> scalar` (Hessian; see
+`make_loss_fn`). Brute-force references live in `fisher_jax.curvature.dense` (tests only).
 """
 
 from fisher_jax.curvature.fisher import (FISHER_ESTIMATORS, batch_fisher_trace, fisher_trace,
                                          gradient_norm, map_in_chunks, per_example_grad_sq_norms)
+from fisher_jax.curvature.flax_utils import make_logits_fn
+from fisher_jax.curvature.hessian import (EIGENVALUE_METHODS, HESSIAN_TRACE_METHODS,
+                                          hessian_quadratic_forms, hessian_top_eigenvalue,
+                                          hessian_trace, hvp, make_loss_fn)

@@ -16,10 +16,9 @@ G = jax.random.gumbel(rng, [B, C]), which is exactly how `jax.random.categorical
 check the equality); the noise is drawn up front and the arg-max is taken inside the per-example
 pass, which saves a separate forward pass over the batch.
 
-Chunking. Per-example work (a vmap over examples) runs over chunks of `chunk_size` examples in a
-`lax.map`, so peak memory is that of one chunk. Chunk j holds examples j, j + n, j + 2n, ... (n
-chunks); this strided split keeps each chunk spread over all devices when the batch axis is
-sharded. Results do not depend on `chunk_size` (up to floating-point summation order).
+Chunking. Per-example work (a vmap over examples) runs over chunks of `chunk_size` consecutive
+examples in a `lax.map`, so peak memory is that of one chunk. Results do not depend on
+`chunk_size` (up to floating-point summation order).
 
 Devices. The functions give the same numbers on one device, under `jax.jit` with the batch
 sharded over a mesh, and inside `jax.shard_map` (each device's view, the DESIGN's step style):
@@ -55,12 +54,9 @@ def _check_chunk_size(chunk_size):
 
 
 def _pad_batch(xs, multiple):
-  """Pads the leading axis of every leaf with zeros to a multiple of `multiple`; (xs, pad)."""
-  batch = jax.tree.leaves(xs)[0].shape[0]
-  pad = -batch % multiple
-  if pad:
-    xs = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), xs)
-  return xs, pad
+  """Pads the leading axis of every leaf with zeros to a multiple of `multiple`."""
+  pad = -jax.tree.leaves(xs)[0].shape[0] % multiple
+  return jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), xs)
 
 
 def _manual_axes():
@@ -110,7 +106,7 @@ def _per_example(fn: Callable, params, xs, chunk_size: Optional[int]):
   batch = jax.tree.leaves(xs)[0].shape[0]
   axes = tuple(mesh.axis_names)
   spec = jax.sharding.PartitionSpec(axes)
-  xs, _ = _pad_batch(xs, mesh.size)
+  xs = _pad_batch(xs, mesh.size)  # zero examples, computed and dropped
   if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
     xs = jax.sharding.reshard(xs, jax.sharding.NamedSharding(mesh, spec))
     params = jax.sharding.reshard(
@@ -130,26 +126,15 @@ def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
     chunk_size: examples per vmap call; None vmaps over all B at once.
 
   Returns:
-    The pytree `jax.vmap(fn)(xs)`, leaves [B, ...]. Peak memory is that of one chunk. Chunk j
-    holds examples j, j+n, j+2n, ... (n = ceil(B / chunk_size)); the last examples are padded
-    with zeros, computed and dropped.
+    The pytree `jax.vmap(fn)(xs)`, leaves [B, ...]. With `chunk_size`, `jax.lax.map` runs
+    consecutive chunks in a loop (the last B mod chunk_size examples in one more vmap), so peak
+    memory is that of one chunk.
   """
   _check_chunk_size(chunk_size)
   batch = jax.tree.leaves(xs)[0].shape[0]
   if chunk_size is None or chunk_size >= batch:
     return jax.vmap(fn)(xs)
-  num_chunks = math.ceil(batch / chunk_size)
-  xs, _ = _pad_batch(xs, chunk_size)
-
-  def to_chunks(x):  # [B, ...] -> [num_chunks, chunk_size, ...], chunk j = rows j::num_chunks.
-    return jnp.swapaxes(x.reshape((chunk_size, num_chunks) + x.shape[1:]), 0, 1)
-
-  def from_chunks(y):  # inverse of to_chunks, padding dropped.
-    y = jnp.swapaxes(y, 0, 1)
-    return y.reshape((num_chunks * chunk_size,) + y.shape[2:])[:batch]
-
-  out = jax.lax.map(jax.vmap(fn), jax.tree.map(to_chunks, xs))
-  return jax.tree.map(from_chunks, out)
+  return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
 def _single_logits_and_vjp(logits_fn, params, x):

@@ -1,0 +1,132 @@
+"""Cost of the curvature measurements as ratios to one mean-loss gradient, measured in one run.
+
+SimpleCNN on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted and warmed up;
+the timed calls are interleaved over rounds (so background load hits all of them alike) and
+each cost is the median over rounds divided by the median of the mean-loss gradient.
+
+  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8]
+"""
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fisher_jax import curvature, losses
+from fisher_jax.models import get_model
+
+
+def _mean_loss(logits_fn, params, inputs, labels):
+  return jnp.mean(losses.cross_entropy(logits_fn(params, inputs), labels))
+
+
+def _vmap_grad_sq_norms(logits_fn, params, inputs, labels):
+  """Alternative kept for comparison: materialize vmap(grad) per-example gradients, then norms."""
+  def one(x, y):
+    return jax.grad(lambda p: losses.cross_entropy(logits_fn(p, x[None]), y[None])[0])(params)
+  grads = jax.vmap(one)(inputs, labels)
+  return sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in jax.tree.leaves(grads))
+
+
+def _broadcast_params_sq_norms(logits_fn, params, inputs, labels):
+  """Alternative kept for comparison: gradient w.r.t. per-example copies of the parameters."""
+  batch = inputs.shape[0]
+  copies = jax.tree.map(lambda p: jnp.broadcast_to(p, (batch,) + p.shape), params)
+
+  def total(copies):
+    per_example = jax.vmap(lambda p, x, y: losses.cross_entropy(logits_fn(p, x[None]),
+                                                                y[None])[0])
+    return jnp.sum(per_example(copies, inputs, labels))
+  grads = jax.grad(total)(copies)
+  return sum(jnp.sum(g.reshape(batch, -1) ** 2, axis=1) for g in jax.tree.leaves(grads))
+
+
+def _reverse_over_reverse_hvp(loss_fn, params, v):
+  return jax.grad(lambda p: optax.tree.vdot(jax.grad(loss_fn)(p), v))(params)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--rounds', type=int, default=7)
+  parser.add_argument('--probes', type=int, default=8)
+  parser.add_argument('--chunk', type=int, default=32)
+  parser.add_argument('--copies_alternative', action='store_true',
+                      help='also time per-example gradients via per-example parameter copies')
+  args = parser.parse_args()
+
+  model = get_model('simple_cnn', num_classes=10)
+  k_x, k_y, k_p, k_v = jax.random.split(jax.random.PRNGKey(0), 4)
+  inputs = jax.random.normal(k_x, (args.batch, 32, 32, 3), jnp.float32)
+  labels = jax.random.randint(k_y, (args.batch,), 0, 10)
+  params = model.init(k_p, inputs[:1])['params']
+  logits_fn = curvature.make_logits_fn(model)
+  v = optax.tree.random_like(k_v, params)
+  rng = jax.random.PRNGKey(1)
+  probes = args.probes
+
+  def loss_of(x, y):
+    return curvature.make_loss_fn(logits_fn, x, y)
+
+  # name -> (jitted function of (params, inputs, labels, rng, v), divisor for a per-unit cost)
+  cases = {
+      'mean-loss gradient (baseline)': (
+          lambda p, x, y, r, v: jax.grad(loss_of(x, y))(p), 1),
+      'per_example_grad_sq_norms': (
+          lambda p, x, y, r, v: curvature.per_example_grad_sq_norms(logits_fn, p, x, y), 1),
+      f'per_example_grad_sq_norms chunk_size={args.chunk}': (
+          lambda p, x, y, r, v: curvature.per_example_grad_sq_norms(logits_fn, p, x, y,
+                                                                    chunk_size=args.chunk), 1),
+      '  alternative: vmap(grad), then norms': (
+          lambda p, x, y, r, v: _vmap_grad_sq_norms(logits_fn, p, x, y), 1),
+      "fisher_trace 'sampled'": (
+          lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
+                                                       rng=r), 1),
+      "fisher_trace 'exact' (C=10)": (
+          lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='exact'), 1),
+      'batch_fisher_trace': (
+          lambda p, x, y, r, v: curvature.batch_fisher_trace(logits_fn, p, x, rng=r), 1),
+      'hvp (forward-over-reverse)': (
+          lambda p, x, y, r, v: curvature.hvp(loss_of(x, y), p, v), 1),
+      '  comparison: hvp reverse-over-reverse': (
+          lambda p, x, y, r, v: _reverse_over_reverse_hvp(loss_of(x, y), p, v), 1),
+      f'hessian_trace per probe ({probes} probes batched)': (
+          lambda p, x, y, r, v: curvature.hessian_trace(loss_of(x, y), p, rng=r,
+                                                        num_probes=probes), probes),
+  }
+  if args.copies_alternative:  # slow to compile (convolutions with B feature groups)
+    cases['  alternative: grad w.r.t. per-example parameter copies'] = (
+        lambda p, x, y, r, v: _broadcast_params_sq_norms(logits_fn, p, x, y), 1)
+  jitted = {name: (jax.jit(fn), div) for name, (fn, div) in cases.items()}
+
+  # The Python loop over examples: a jitted single-example gradient norm, called B times.
+  one_norm = jax.jit(lambda p, x, y: optax.tree.norm(jax.grad(loss_of(x, y))(p), squared=True))
+  def python_loop(p, x, y, r, v):
+    return [one_norm(p, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
+  jitted['  comparison: Python loop over examples'] = (python_loop, 1)
+
+  call_args = (params, inputs, labels, rng, v)
+  for name, (fn, _) in jitted.items():  # compile and warm up
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*call_args))
+    print(f'compiled {name.strip()} ({time.perf_counter() - start:.0f} s)', file=sys.stderr,
+          flush=True)
+  times = {name: [] for name in jitted}
+  for _ in range(args.rounds):
+    for name, (fn, _) in jitted.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*call_args))
+      times[name].append(time.perf_counter() - start)
+  base = np.median(times['mean-loss gradient (baseline)'])
+  print(f'SimpleCNN, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
+        f'{args.rounds} rounds; cost / one mean-loss gradient (median):')
+  for name, (_, div) in jitted.items():
+    print(f'  {name:58s} {np.median(times[name]) / div / base:6.2f}')
+
+
+if __name__ == '__main__':
+  main()

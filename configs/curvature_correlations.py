@@ -9,7 +9,7 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr in {0.001, 0.00316, 0.01, 0.0316, 0
   python -m fisher_jax.main --config configs/curvature_correlations.py:simple_cnn_cifar10 \
       --config.optimizer.learning_rate=0.01 --workdir runs/full/curvature_correlations/lr_0.01
 
-CPU scale (digits): the same learning rates, 8 epochs.
+CPU scale (digits): lr in {0.001, 0.01, 0.1}, 8 epochs.
 Figure: `fisher_jax.analysis.plots.plot_curvature_correlations`.
 """
 

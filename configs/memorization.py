@@ -4,7 +4,8 @@ A fraction `dataset.label_noise` of the training labels is replaced by random on
 seed). Every epoch the run logs the training accuracy and gradient norm on fixed subsets of clean
 and of noisy examples (`train_clean/*`, `train_noisy/*`, against their training labels). Variant
 'none' trains without penalty; 'fp' adds FP (every 10 steps) with the strength the sweep sets
-(`--config.regularizer.strength`, 1e-2 ... 1e1). If FP limits memorization, it slows the fitting
+(`--config.regularizer.strength`: 1e-2 ... 1e1 at full scale; 1e-3 ... 1e-2 on CPU, where
+the tuned learning rate 0.1 with FP 1.0 collapsed the model to a constant prediction). If FP limits memorization, it slows the fitting
 of the noisy labels more than that of the clean ones.
 
 Full scale (ours where the paper does not pin it down): VGG-11 and ResNet-50 (CIFAR stem) on
@@ -13,10 +14,10 @@ CIFAR-100 without augmentation, 25% noisy labels, the setting's tuned learning r
   python -m fisher_jax.main --config configs/memorization.py:vgg11_cifar100,fp \
       --config.regularizer.strength=0.1 --workdir runs/full/memorization/vgg11_fp_0.1
 
-CPU scale (digits, SimpleCNN, 25% noisy labels, lr 0.1, 16 epochs):
+CPU scale (digits, SimpleCNN, 25% noisy labels, lr 0.1, 16 epochs, FP 0.001, 0.003, 0.01):
 
   python -m fisher_jax.main --config configs/memorization.py:cpu,fp \
-      --config.regularizer.strength=0.1 --workdir runs/cpu/memorization/fp_0.1
+      --config.regularizer.strength=0.01 --workdir runs/cpu/memorization/fp_0.01
 
 Figure: `fisher_jax.analysis.plots.plot_memorization`.
 """

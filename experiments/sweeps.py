@@ -140,7 +140,7 @@ def _regularizers(scale: str) -> List[Run]:
 
 def _fp_start(scale: str) -> List[Run]:
   setting = 'cpu' if scale == 'cpu' else 'wrn_cifar100'
-  epochs = (0, 1, 2, 4, 6) if scale == 'cpu' else (0, 2, 5, 10, 20, 50, 100)
+  epochs = (0, 2, 4) if scale == 'cpu' else (0, 2, 5, 10, 20, 50, 100)
   runs = _setting_runs('configs/fp_start.py', [setting], ['tuned_lr', 'small_lr'],
                        _seeds(scale, 1, 2))
   for epoch in epochs:
@@ -151,7 +151,8 @@ def _fp_start(scale: str) -> List[Run]:
   return runs
 
 
-_FP_STRENGTHS = (0.01, 0.1, 1.0, 10.0)
+# FP strengths of experiment 5; on CPU lower (FP 1.0 at lr 0.1 collapsed the model there).
+_FP_STRENGTHS = {'cpu': (0.001, 0.003, 0.01), 'full': (0.01, 0.1, 1.0, 10.0)}
 
 
 def _memorization(scale: str) -> List[Run]:
@@ -161,7 +162,7 @@ def _memorization(scale: str) -> List[Run]:
     prefix = f'{setting}_' if len(settings) > 1 else ''
     config = f'configs/memorization.py:{setting}'
     runs.append(Run(f'{prefix}none_s0', f'{config},none', (('seed', 0),)))
-    for strength in _FP_STRENGTHS:
+    for strength in _FP_STRENGTHS[scale]:
       runs.append(Run(f'{prefix}fp_{_fmt(strength)}_s0', f'{config},fp',
                       (('regularizer.strength', strength), ('seed', 0),
                        ('experiment.variant', f'fp={_fmt(strength)}'))))
@@ -201,8 +202,7 @@ def _hessian_trace(scale: str) -> List[Run]:
 
 def _curvature_correlations(scale: str) -> List[Run]:
   setting = 'cpu' if scale == 'cpu' else 'simple_cnn_cifar10'
-  lrs = (0.001, 0.003, 0.01, 0.03, 0.1) if scale == 'cpu' else (0.001, 0.00316, 0.01, 0.0316,
-                                                                0.1)
+  lrs = (0.001, 0.01, 0.1) if scale == 'cpu' else (0.001, 0.00316, 0.01, 0.0316, 0.1)
   return [Run(f'lr_{_fmt(lr)}', f'configs/curvature_correlations.py:{setting},lr',
               (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}')))
           for lr in lrs]

@@ -76,10 +76,10 @@ def test_sweeps_vary_what_their_experiment_is_about():
              for v in ('fp', 'gp', 'gpr', 'gpx'))
   starts = sorted(c.regularizer.start_epoch for c in configs('fp_start')
                   if c.regularizer.name == 'fp')
-  assert starts == [0, 1, 2, 4, 6]
+  assert starts == [0, 2, 4]
   memorization = configs('memorization')
   assert all(c.dataset.label_noise > 0 for c in memorization)
-  assert sorted(c.regularizer.strength for c in memorization) == [0.0, 0.01, 0.1, 1.0, 10.0]
+  assert sorted(c.regularizer.strength for c in memorization) == [0.0, 0.001, 0.003, 0.01]
   every_k = {c.experiment.variant: (c.regularizer.name, c.regularizer.every_k)
              for c in configs('fp_every_k')}
   assert every_k['fp_k10'] == ('fp', 10) and every_k['fp_k1'] == ('fp', 1)

@@ -1,0 +1,156 @@
+"""Cost of the curvature regularizers as ratios to a plain SGD step (one run, one device).
+
+SimpleCNN on random 32x32x3 images, batch 128, float32, SGD with momentum 0.9. Every variant is
+a jitted function; after compilation the variants run in interleaved rounds (each once per
+round, so a change in machine load hits all of them alike) and the medians are divided by the
+plain step's median:
+
+* `fp grad (linearize)`: `regularizers.penalty_and_grad('fp')` alone: g by one forward and one
+  backward pass, 2 H g by one tangent pass of `jax.linearize` (goal <= 2.3);
+* `fp grad (rev-over-rev)`: `jax.grad` of `regularizers.penalty('fp')`, for reference;
+* `fp step separate`: loss gradient, then `tx.update(..., penalty_fn=make_penalty_fn(...))`
+  recomputing the penalty every step (the step as `train.py` writes it);
+* `fp step shared`: `loss_and_penalty_grads` under `optim.penalty_due`: the loss gradient and g
+  pulled back through one forward pass (goal <= 3.0);
+* `fp step every_k=10`: the shared step averaged over 10 consecutive steps, one of which
+  recomputes the penalty (goal <= 1.3);
+* `fp_exact`, `gp`, `gpr`, `gpx` steps: shared steps recomputing every step.
+
+  python benchmarks/regularizers.py [--rounds 5] [--batch_size 128]
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from jax import lax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from fisher_jax import losses  # noqa: E402
+from fisher_jax import models  # noqa: E402
+from fisher_jax import optim  # noqa: E402
+from fisher_jax import regularizers  # noqa: E402
+
+STRENGTH, LEARNING_RATE, MOMENTUM = 0.1, 0.01, 0.9
+
+
+def _make_plain_step(logits_fn):
+  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, inputs, labels, rng):
+    del rng
+    loss, grads = jax.value_and_grad(
+        lambda p: losses.cross_entropy(logits_fn(p, inputs), labels).mean())(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, step
+
+
+def _make_penalty_step(logits_fn, name: str, every_k: int, shared: bool):
+  """A training step with the penalty `name` through `optim.add_penalty_gradient`."""
+  tx = optax.chain(optim.add_penalty_gradient(STRENGTH, every_k=every_k),
+                   optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, inputs, labels, rng):
+    if shared:
+      def with_penalty(p):
+        r = regularizers.loss_and_penalty_grads(name, logits_fn, p, inputs, labels, rng=rng)
+        return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+
+      def without_penalty(p):
+        r = regularizers.loss_and_penalty_grads('none', logits_fn, p, inputs, labels)
+        return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+
+      (loss, grads), penalty = lax.cond(optim.penalty_due(opt_state), with_penalty,
+                                        without_penalty, params)
+      penalty_fn = lambda _: penalty  # noqa: E731
+    else:
+      loss, grads = jax.value_and_grad(
+          lambda p: losses.cross_entropy(logits_fn(p, inputs), labels).mean())(params)
+      penalty_fn = regularizers.make_penalty_fn(name, logits_fn, inputs, labels, rng=rng)
+    updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, step
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--only', default='', help='Comma-separated variant names to run.')
+  args = parser.parse_args()
+
+  model = models.get_model('simple_cnn', num_classes=10)
+  logits_fn = lambda p, x: model.apply({'params': p}, x)  # noqa: E731
+  key = jax.random.key(0)
+  inputs = jax.random.normal(key, (args.batch_size, 32, 32, 3), jnp.float32)
+  labels = jax.random.randint(jax.random.fold_in(key, 1), (args.batch_size,), 0, 10)
+  init_params = jax.jit(model.init)(key, inputs[:1])['params']
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (steps donate their inputs)
+
+  # name -> (steps per timed call, call(rng) running them); steps keep their own state.
+  variants = {}
+
+  def add_step(label, tx, step, steps_per_call=1):
+    state = {'params': copy(init_params)}
+    state['opt_state'] = tx.init(state['params'])
+
+    def call(rng):
+      for i in range(steps_per_call):
+        state['params'], state['opt_state'], loss = step(
+            state['params'], state['opt_state'], inputs, labels, jax.random.fold_in(rng, i))
+      return loss
+
+    variants[label] = (steps_per_call, call)
+
+  add_step('plain SGD step', *_make_plain_step(logits_fn))
+  fp_grad = jax.jit(lambda p, r: regularizers.penalty_and_grad(
+      'fp', logits_fn, p, inputs, labels, rng=r))
+  fp_grad_ror = jax.jit(jax.value_and_grad(lambda p, r: regularizers.penalty(
+      'fp', logits_fn, p, inputs, labels, rng=r)))
+  variants['fp grad (linearize)'] = (1, lambda r: fp_grad(init_params, r))
+  variants['fp grad (rev-over-rev)'] = (1, lambda r: fp_grad_ror(init_params, r))
+  add_step('fp step separate', *_make_penalty_step(logits_fn, 'fp', 1, shared=False))
+  add_step('fp step shared', *_make_penalty_step(logits_fn, 'fp', 1, shared=True))
+  add_step('fp step every_k=10', *_make_penalty_step(logits_fn, 'fp', 10, shared=True),
+           steps_per_call=10)
+  for name in ('fp_exact', 'gp', 'gpr', 'gpx'):
+    add_step(f'{name} step', *_make_penalty_step(logits_fn, name, 1, shared=True))
+  if args.only:
+    keep = ['plain SGD step'] + args.only.split(',')
+    variants = {k: v for k, v in variants.items() if k in keep}
+
+  start = time.perf_counter()
+  for label, (_, call) in variants.items():  # Compile and warm up.
+    jax.block_until_ready(call(key))
+    print(f'compiled {label} ({time.perf_counter() - start:.0f} s so far)', file=sys.stderr,
+          flush=True)
+  compile_seconds = time.perf_counter() - start
+  times = {label: [] for label in variants}
+  for r in range(args.rounds):
+    for label, (steps_per_call, call) in variants.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(call(jax.random.fold_in(key, r)))
+      times[label].append((time.perf_counter() - t0) / steps_per_call)
+  plain = statistics.median(times['plain SGD step'])
+  print(f'SimpleCNN 32x32x3, batch {args.batch_size}, float32, {jax.devices()[0].platform}, '
+        f'{args.rounds} rounds (compile+warm-up took {compile_seconds / plain:.0f} plain steps)')
+  print(f'{"variant":<24} {"ratio to plain SGD step":>24} {"spread (min-max)":>18}')
+  for label, ts in times.items():
+    print(f'{label:<24} {statistics.median(ts) / plain:>24.2f} '
+          f'{min(ts) / plain:>8.2f}-{max(ts) / plain:.2f}')
+
+
+if __name__ == '__main__':
+  main()

@@ -4,9 +4,9 @@ A fraction `dataset.label_noise` of the training labels is replaced by random on
 seed). Every epoch the run logs the training accuracy and gradient norm on fixed subsets of clean
 and of noisy examples (`train_clean/*`, `train_noisy/*`, against their training labels). Variant
 'none' trains without penalty; 'fp' adds FP (every 10 steps) with the strength the sweep sets
-(`--config.regularizer.strength`: 1e-2 ... 1e1 at full scale; 1e-3 ... 1e-2 on CPU, where
-the tuned learning rate 0.1 with FP 1.0 collapsed the model to a constant prediction). If FP limits memorization, it slows the fitting
-of the noisy labels more than that of the clean ones.
+(`--config.regularizer.strength`: 1e-2 ... 1e1 at full scale; 1e-3 ... 1e-2 on CPU, where the
+tuned learning rate 0.1 with FP 1.0 collapsed the model to a constant prediction). If FP limits
+memorization, it slows the fitting of the noisy labels more than that of the clean ones.
 
 Full scale (ours where the paper does not pin it down): VGG-11 and ResNet-50 (CIFAR stem) on
 CIFAR-100 without augmentation, 25% noisy labels, the setting's tuned learning rate, 100 epochs.

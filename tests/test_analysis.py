@@ -13,7 +13,6 @@ from scipy import stats as scipy_stats
 from fisher_jax import analysis
 from fisher_jax.analysis import claims
 from fisher_jax.analysis import plots
-from fisher_jax.analysis import summaries
 
 
 def write_run(path, records, *, name='fisher_explosion', group='g', variant='small_lr', seed=0,

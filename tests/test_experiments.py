@@ -2,6 +2,7 @@
 runner keeps dependency order, skips finished runs, reports failures; an interrupted sweep
 restarts without running a finished run again."""
 
+import contextlib
 import io
 import json
 import os
@@ -9,9 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
-import time
-import contextlib
 
 from absl import flags
 from ml_collections import config_flags

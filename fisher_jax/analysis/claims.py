@@ -1,17 +1,22 @@
 """The study's claims, checked on whatever runs are present, with the numbers behind each verdict.
 
-| claim | statement | runs (experiment.name) | rule for "held" |
-| --- | --- | --- | --- |
-| C1 | small-lr runs reach an early Tr(F) peak >= 3x the tuned-lr runs' | variants small_lr and tuned_lr of a group | mean early Tr(F_i) ratio >= 3 |
-| C2 | FP at small lr lowers that peak and raises test accuracy toward the tuned-lr level | regularizers: small_lr, fp, tuned_lr | FP peak < small-lr peak and FP final test acc > small-lr's |
-| C3 | across learning rates, early Tr(F) and best test accuracy correlate negatively | early_fisher groups '<dataset>/lr' | Spearman rho < 0 with its bootstrap interval below 0 |
-| C4 | FP slows the fitting of noisy labels more than of clean ones | memorization | relative slowdown (noisy) > (clean) for most FP strengths |
-| C5 | lower early Tr(F) ends at lower Tr(H) | flat_minima (else hessian_trace) | the continued runs of the start with lower Tr(F_i) have lower mean Tr(H) at the best-test point |
+* C1 "small-lr runs reach an early Tr(F) peak >= 3x the tuned-lr runs'": in every
+  (experiment, group) with variants small_lr and tuned_lr, the ratio of their mean Tr(F_i) >= 3.
+* C2 "FP at small lr lowers that peak and raises test accuracy toward the tuned-lr level": in
+  every regularizers group, FP's Tr(F_i) < small lr's and FP's final test accuracy > small lr's.
+* C3 "across learning rates, early Tr(F) and best test accuracy correlate negatively": in every
+  early_fisher group '<setting>/lr', Spearman rho < 0 with its bootstrap interval below 0.
+* C4 "FP slows the fitting of noisy labels more than of clean ones": for most FP strengths of a
+  memorization group, the relative slowdown on noisy examples exceeds that on clean ones.
+* C5 "lower early Tr(F) ends at lower Tr(H)": the flat_minima runs continued from the start with
+  the lower Tr(F_i) have the lower mean Tr(H) at their best-test point (without flat_minima
+  runs: Spearman of Tr(F_i) against the final Tr(H) over the hessian_trace runs, > 0).
 
 Each check returns a `ClaimResult` whose verdict is one of VERDICTS: 'held' (every setting
 meets the rule), 'partly held' (some do, or the direction is right but not significant),
 'not held', or 'no data' (no runs, or the numbers are undefined: e.g. a run never reached the
-training accuracy that defines its Tr(F_i)). Means are over seeds; a per-setting table gives every number used.
+training accuracy that defines its Tr(F_i)). Means are over seeds; a per-setting table gives
+every number used.
 """
 
 import dataclasses

@@ -18,9 +18,15 @@ optim.latest_penalty(opt_state)   # [] for logging regularizer/penalty
 
 `add_penalty_gradient` composes with any optax optimizer:
 `optax.chain(optim.add_penalty_gradient(0.1, every_k=10), optax.adam(1e-3))`.
+
+With `every_k > 1` the penalty is recomputed on some steps only. By default the transformation
+decides on the device (`lax.cond`), so one compiled step serves all steps. On CPU, where XLA runs
+convolutions inside a `lax.cond` branch several times slower, let the host decide instead: compile
+the step twice, with `tx.update(..., recompute_penalty=True)` and `recompute_penalty=False`, and
+pick one per step with `make_recompute_fn(config, steps_per_epoch)(updates_done)`.
 """
 
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 from jax import lax
@@ -48,23 +54,38 @@ class PenaltyState(NamedTuple):
   grads: Any
 
 
-def _is_due(count, start_step: int, every_k: int):
+def recompute_due(count, *, every_k: int, start_step: int):
+  """Whether the update after `count` updates recomputes the penalty (host ints or arrays)."""
   return (count >= start_step) & ((count - start_step) % every_k == 0)
+
+
+def _is_due(count, start_step: int, every_k: int):
+  return recompute_due(count, every_k=every_k, start_step=start_step)
 
 
 def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int = 1,
                          start_step: int = 0) -> optax.GradientTransformationExtraArgs:
   """Adds `strength * grad P(params)` to the updates (P a penalty, e.g. the Fisher penalty).
 
-  `update(updates, state, params, *, penalty_fn)` needs `params` and the keyword argument
-  `penalty_fn: params -> (value [], grads like params)` (e.g. `regularizers.make_penalty_fn`).
-  With t the number of updates done before this one:
+  `update(updates, state, params, *, penalty_fn, recompute_penalty=None)` needs `params` and the
+  keyword argument `penalty_fn: params -> (value [], grads like params)` (e.g.
+  `regularizers.make_penalty_fn`). With t the number of updates done before this one:
 
   * t < start_step: updates pass unchanged and `penalty_fn` is not called;
-  * t >= start_step and (t - start_step) % every_k == 0: `penalty_fn(params)` is called (inside
-    `lax.cond`, so the other steps do not pay for it) and its gradient cached;
-  * otherwise the cached gradient is reused;
+  * t >= start_step and (t - start_step) % every_k == 0: `penalty_fn(params)` is called and its
+    value and gradient cached;
+  * otherwise the cached gradient is reused and `penalty_fn` is not called;
   * from start_step on, `strength(t) * cached_grads` is added (`strength` a float or a schedule).
+
+  Who decides whether this update recomputes:
+
+  * `recompute_penalty=None` (default): the device, with `lax.cond` on the state's flag; one
+    compiled step serves every step. Best on GPU/TPU. On CPU, XLA runs convolutions inside a
+    `lax.cond` branch several times slower (github.com/jax-ml/jax/issues/12868).
+  * `recompute_penalty=True` / `False` (a Python bool): the caller, on the host, with
+    `recompute_due(t, every_k=..., start_step=...)` (or `make_recompute_fn(config, ...)`):
+    no `lax.cond`, two compiled steps. `penalty_fn` may be omitted when False. A decision that
+    contradicts the schedule turns the updates into NaN, so it cannot go unnoticed.
 
   Args:
     strength: the penalty's coefficient, a float >= 0 or an optax schedule of the step count.
@@ -89,12 +110,16 @@ def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int
     return PenaltyState(count=count, recompute=_is_due(count, start_step, every_k),
                         value=jnp.zeros([], dtype), grads=jax.tree.map(jnp.zeros_like, params))
 
-  def update_fn(updates, state, params=None, *, penalty_fn: Callable = None, **extra_args):
+  def update_fn(updates, state, params=None, *, penalty_fn: Optional[Callable] = None,
+                recompute_penalty: Optional[bool] = None, **extra_args):
     del extra_args  # Meant for other transformations of a chain.
     if params is None:
       raise ValueError('add_penalty_gradient needs the parameters: call '
                        'tx.update(grads, state, params, penalty_fn=...).')
-    if penalty_fn is None:
+    if recompute_penalty is not None and not isinstance(recompute_penalty, bool):
+      raise ValueError(f'recompute_penalty={recompute_penalty!r} must be None (decided on the '
+                       'device) or a Python bool decided on the host with recompute_due().')
+    if penalty_fn is None and recompute_penalty is not False:
       raise ValueError('add_penalty_gradient needs the keyword argument penalty_fn '
                        '(params -> (value, grads)): call '
                        'tx.update(grads, state, params, penalty_fn=...).')
@@ -104,8 +129,15 @@ def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int
       return (jnp.asarray(value).astype(state.value.dtype),
               optax.tree_utils.tree_cast_like(grads, state.grads))
 
-    value, grads = lax.cond(state.recompute, recompute,
-                            lambda _: (state.value, state.grads), params)
+    def reuse(_):
+      return state.value, state.grads
+
+    if recompute_penalty is None:
+      value, grads = lax.cond(state.recompute, recompute, reuse, params)
+    else:
+      value, grads = (recompute if recompute_penalty else reuse)(params)
+      mismatch = state.recompute != recompute_penalty  # Poison a wrong host decision.
+      value, grads = jax.tree.map(lambda x: jnp.where(mismatch, jnp.nan, x), (value, grads))
     scale = strength(state.count) if callable(strength) else strength
     scale = jnp.where(state.count >= start_step, scale, 0.0)
     updates = jax.tree.map(lambda u, g: u + (scale * g).astype(u.dtype), updates, grads)
@@ -232,6 +264,18 @@ def make_penalty(reg_config, steps_per_epoch: int) -> optax.GradientTransformati
   start_epoch = _number('regularizer.start_epoch', reg_config.get('start_epoch', 0), low=0)
   return add_penalty_gradient(strength, every_k=every_k,
                               start_step=int(round(start_epoch * steps_per_epoch)))
+
+
+def make_recompute_fn(config, steps_per_epoch: int) -> Callable[[int], bool]:
+  """Host-side `count -> bool`: whether the update after `count` updates recomputes the penalty
+  of `config.regularizer` (always False for 'none'); for `recompute_penalty=`."""
+  reg_config = config.get('regularizer', None)
+  if reg_config is None or reg_config.name == 'none':
+    return lambda count: False
+  make_penalty(reg_config, steps_per_epoch)  # Validates the fields.
+  every_k = reg_config.get('every_k', 1)
+  start_step = int(round(reg_config.get('start_epoch', 0) * steps_per_epoch))
+  return lambda count: bool(recompute_due(int(count), every_k=every_k, start_step=start_step))
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:

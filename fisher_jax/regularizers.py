@@ -239,17 +239,21 @@ def _gpx(logits_fn, params, inputs, labels, axis_name, with_loss):
 
   def theta_grad(x):
     # Summed CE: the input gradient of row i is grad_x CE_i (examples are independent).
-    loss_sum, (g_theta, u) = jax.value_and_grad(
-        lambda p, x: _summed_ce(logits_fn, p, x, labels), argnums=(0, 1))(params, x)
-    return g_theta, (u, loss_sum, g_theta)
+    def summed_ce(p, x):
+      logits = logits_fn(p, x)
+      return losses.cross_entropy(logits, labels).sum(), logits
 
-  _, dtheta_grad_dx, (u, loss_sum, g_theta) = jax.linearize(theta_grad, inputs, has_aux=True)
+    (loss_sum, logits), (g_theta, u) = jax.value_and_grad(
+        summed_ce, argnums=(0, 1), has_aux=True)(params, x)
+    return g_theta, (u, loss_sum, g_theta, logits)
+
+  _, dtheta_grad_dx, (u, loss_sum, g_theta, logits) = jax.linearize(theta_grad, inputs,
+                                                                    has_aux=True)
   value = _pmean(jnp.sum(u * u) / b, axis_name)
   grads = _pmean(jax.tree.map(lambda h: 2 * h / b, dtheta_grad_dx(u)), axis_name)
   aux = None
   if with_loss:
-    loss_grads = jax.tree.map(lambda h: h / b, g_theta)
-    aux = (loss_sum / b, loss_grads, logits_fn(params, inputs))
+    aux = (loss_sum / b, jax.tree.map(lambda h: h / b, g_theta), logits)
   return value, grads, aux
 
 

@@ -23,11 +23,13 @@ def _quadratic_penalty(params):
   return jnp.sum(params ** 3) / 3 + jnp.sum(params), params ** 2 + 1.0
 
 
-def _run(tx, num_steps, penalty_fn=_quadratic_penalty):
+def _run(tx, num_steps, penalty_fn=_quadratic_penalty, host_decides=None):
   """Runs `tx` under jit with gradients g_t and p_{t+1} = p_t - 0.1 * updates_t.
 
-  Returns the per-step (params, grads, updates, state) as numpy values and the number of
-  `penalty_fn` executions (counted by a host callback, which runs only in the taken branch).
+  `host_decides`: None (the transformation's lax.cond) or `count -> bool` passed as
+  `recompute_penalty` (one compiled update per decision). Returns the per-step (params, grads,
+  updates, state) as numpy values and the number of `penalty_fn` executions (counted by a host
+  callback, which runs only when the computation that calls it runs).
   """
   calls = []
 
@@ -35,23 +37,28 @@ def _run(tx, num_steps, penalty_fn=_quadratic_penalty):
     jax.debug.callback(lambda: calls.append(1))
     return penalty_fn(p)
 
-  update = _jit(lambda g, s, p: tx.update(g, s, p, penalty_fn=counted))
+  updates_fns = {flag: _jit(lambda g, s, p, flag=flag: tx.update(
+      g, s, p, penalty_fn=counted, recompute_penalty=flag)) for flag in (None, True, False)}
   params = jnp.linspace(-1.0, 1.0, 5)
   state = tx.init(params)
   history = []
   for t in range(num_steps):
     grads = jnp.cos(params + t)
-    updates, new_state = update(grads, state, params)
+    updates, new_state = updates_fns[None if host_decides is None else host_decides(t)](
+        grads, state, params)
     history.append(jax.device_get((params, grads, updates, state)))
     params, state = params - 0.1 * updates, new_state
   jax.effects_barrier()
   return history, len(calls)
 
 
-def test_penalty_is_zero_before_start_then_recomputed_every_k_and_reused_between():
+@pytest.mark.parametrize('host', [False, True], ids=['device_decides', 'host_decides'])
+def test_penalty_is_zero_before_start_then_recomputed_every_k_and_reused_between(host):
   start, every_k, strength = 3, 4, 0.5
+  due_fn = functools.partial(optim.recompute_due, every_k=every_k, start_step=start)
   history, calls = _run(optim.add_penalty_gradient(strength, every_k=every_k,
-                                                   start_step=start), num_steps=13)
+                                                   start_step=start), num_steps=13,
+                        host_decides=(lambda t: bool(due_fn(t))) if host else None)
   cached = None
   for t, (params, grads, updates, state) in enumerate(history):
     due = t >= start and (t - start) % every_k == 0
@@ -61,6 +68,20 @@ def test_penalty_is_zero_before_start_then_recomputed_every_k_and_reused_between
     expected = grads if t < start else grads + strength * cached
     np.testing.assert_allclose(updates, expected, rtol=1e-6, err_msg=f'step {t}')
   assert calls == 3  # Steps 3, 7, 11 only: the other steps do not run penalty_fn.
+
+
+def test_a_host_decision_against_the_schedule_poisons_the_update():
+  tx = optim.add_penalty_gradient(0.5, every_k=2)
+  history, _ = _run(tx, num_steps=3, host_decides=lambda t: t == 1)  # Due at 0 and 2, not 1.
+  assert all(np.all(np.isnan(updates)) for (_, _, updates, _) in history)
+  params = jnp.ones(3)
+  with pytest.raises(ValueError, match='recompute_penalty'):
+    tx.update(params, tx.init(params), params, penalty_fn=_quadratic_penalty,
+              recompute_penalty=jnp.array(True))
+  # Reusing the cache needs no penalty_fn.
+  state = tx.update(params, tx.init(params), params, penalty_fn=_quadratic_penalty)[1]
+  updates, _ = tx.update(params, state, params, recompute_penalty=False)
+  np.testing.assert_allclose(updates, 1.0 + 0.5 * 2.0)
 
 
 def test_state_caches_the_value_for_logging_and_penalty_due_reads_the_flag():
@@ -213,8 +234,12 @@ def test_make_optimizer_adds_the_penalty_from_the_start_epoch():
     expected = -0.1 * (grads + (0.5 * cached if t >= 3 else 0.0))
     np.testing.assert_allclose(updates, expected, rtol=1e-6, err_msg=f'step {t}')
   assert calls == 2
+  due = optim.make_recompute_fn(config, steps_per_epoch=3)
+  assert [due(t) for t in range(6)] == [bool(s.recompute) for (_, _, _, (s, _)) in history]
+  assert [due(t) for t in range(6)] == [False, False, False, True, False, True]
   _, calls = _run(optim.make_optimizer(_config(), steps_per_epoch=3), num_steps=2)
   assert calls == 0  # 'none' never calls penalty_fn.
+  assert not any(optim.make_recompute_fn(_config(), steps_per_epoch=3)(t) for t in range(6))
 
 
 def _mlp_logits(params, inputs):
@@ -225,7 +250,8 @@ def _mlp_logits(params, inputs):
 def test_training_step_on_eight_devices_equals_one_device(x64):
   """A data-parallel step (loss gradient pmean, fp penalty through the transformation, every_k=2)
   on 8 devices equals the same step on one device, over 3 steps; also the shared-forward
-  variant (penalty_due + loss_and_penalty_grads), under check_vma False and True."""
+  variant (loss_and_penalty_grads) under lax.cond on penalty_due and decided on the host, under
+  check_vma False and True."""
   np_rng = np.random.default_rng(0)
   inputs = jnp.asarray(np_rng.normal(size=(16, 4)))
   labels = jnp.asarray(np_rng.integers(0, 3, size=16), jnp.int32)
@@ -241,7 +267,15 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
       return jax.value_and_grad(loss_fn)(params)
     return jax.lax.pmean(jax.value_and_grad(loss_fn)(params), axis_name)
 
-  def step(params, opt_state, inputs, labels, rng, axis_name=None, shared=False):
+  def step(params, opt_state, inputs, labels, rng, axis_name=None, shared=False,
+           recompute=None):
+    if recompute is not None:  # Decided on the host: no lax.cond.
+      r = regularizers.loss_and_penalty_grads('fp' if recompute else 'none', _mlp_logits, params,
+                                              inputs, labels, rng=rng, axis_name=axis_name)
+      updates, opt_state = tx.update(r.loss_grads, opt_state, params,
+                                     penalty_fn=lambda _: (r.penalty, r.penalty_grads),
+                                     recompute_penalty=recompute)
+      return optax.apply_updates(params, updates), opt_state, r.loss
     if shared:
       def with_penalty(p):
         r = regularizers.loss_and_penalty_grads('fp', _mlp_logits, p, inputs, labels, rng=rng,
@@ -263,18 +297,21 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
     updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  def run(step_fn):
+  def run(make_step_fn, host_decides=False):
     p, s, out = params, tx.init(params), []
+    step_fns = {flag: make_step_fn(flag) for flag in ((True, False) if host_decides else (None,))}
     for t in range(3):
-      p, s, loss = step_fn(p, s, inputs, labels, jax.random.key(t))
+      flag = bool(optim.recompute_due(t, every_k=2, start_step=0)) if host_decides else None
+      p, s, loss = step_fns[flag](p, s, inputs, labels, jax.random.key(t))
       out.append((p, s, loss))
     return out
 
-  single = run(_jit(step))
-  for shared, check_vma in ((False, False), (True, True)):
-    sharded = run(_jit(jax.shard_map(
-        functools.partial(step, axis_name='data', shared=shared), mesh=mesh,
-        in_specs=(P(), P(), P('data'), P('data'), P()), out_specs=P(), check_vma=check_vma)))
+  single = run(lambda flag: _jit(step))
+  for shared, check_vma, host in ((False, False, False), (True, True, False), (True, False, True)):
+    sharded = run(lambda flag: _jit(jax.shard_map(
+        functools.partial(step, axis_name='data', shared=shared, recompute=flag), mesh=mesh,
+        in_specs=(P(), P(), P('data'), P('data'), P()), out_specs=P(), check_vma=check_vma)),
+        host_decides=host)
     for (a, b) in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
   assert float(optim.latest_penalty(single[-1][1])) > 0

@@ -43,7 +43,7 @@ def get_config():
   config.regularizer.name = 'none'
   config.regularizer.strength = 0.0
   config.regularizer.every_k = 1
-  config.regularizer.start_epoch = 0
+  config.regularizer.start_epoch = 0.0  # Epochs (a fraction is allowed) before the penalty.
 
   config.measure = ml_collections.ConfigDict()
   config.measure.every_epochs = 1  # Tr(F), Tr(F_B), grad norm at epoch ends (and at step 0).

@@ -51,7 +51,8 @@ def _train_mode_logits_fn(model: nn.Module, batch_stats, rng) -> Callable:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    regularizer: str = 'none') -> Callable:
+                    regularizer: str = 'none',
+                    recompute_penalty: Optional[bool] = None) -> Callable:
   """Builds `train_step(state, batch) -> (state, metrics)` for one device.
 
   Args:
@@ -62,6 +63,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       training forward pass (BatchNorm with batch statistics); the per-example ones
       (`regularizers.PER_EXAMPLE`: fp_exact, gpx) use eval-mode logits, which are per-example
       independent. The penalty is that of the global batch (see `regularizers`).
+    recompute_penalty: who decides whether a step recomputes the penalty (see
+      `optim.add_penalty_gradient`). None: the device, with `lax.cond`, one step for all.
+      True / False: the host; this step always / never recomputes it, and the caller picks the
+      step with `optim.make_recompute_fn` (no `lax.cond`, which on XLA:CPU runs convolutions
+      several times slower). Ignored without a regularizer.
 
   The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
   and 'penalty' (the latest penalty value) when a regularizer is configured.
@@ -90,7 +96,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       return lax.pmean(loss, AXIS), lax.pmean(grads, AXIS), logits, batch_stats
 
     extra = {}
-    if regularizer == 'none':
+    if regularizer != 'none' and recompute_penalty is not None:
+      extra['recompute_penalty'] = recompute_penalty
+    if regularizer == 'none' or recompute_penalty is False:
       loss, grads, logits, batch_stats = loss_grads(state.params)
     elif not state.batch_stats:
       # No BatchNorm: training and eval forward passes agree, so when the penalty is due the
@@ -108,8 +116,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return (loss, grads, logits), (jnp.zeros([], loss.dtype),
                                        jax.tree.map(jnp.zeros_like, params))
 
-      (loss, grads, logits), penalty = lax.cond(optim.penalty_due(state.opt_state),
-                                                with_penalty, without_penalty, state.params)
+      if recompute_penalty:
+        (loss, grads, logits), penalty = with_penalty(state.params)
+      else:
+        (loss, grads, logits), penalty = lax.cond(optim.penalty_due(state.opt_state),
+                                                  with_penalty, without_penalty, state.params)
       batch_stats = state.batch_stats
       extra['penalty_fn'] = lambda _: penalty
     else:

@@ -243,9 +243,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state = initial
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
-  train_step = parallel.data_parallel(
-      steps.make_train_step(model, tx, config.regularizer.name), mesh,
-      batch_args=(1,), num_args=2, donate_argnums=(0,))
+  # The host decides which steps recompute the penalty (no lax.cond on the device): two
+  # compiled steps, each compiled on first use.
+  recompute_due = optim.make_recompute_fn(config, steps_per_epoch)
+  train_steps = {
+      flag: parallel.data_parallel(
+          steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag),
+          mesh, batch_args=(1,), num_args=2, donate_argnums=(0,))
+      for flag in (True, False)}
   eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
   measurements = _Measurements(config, model, inp, mesh, measure_rng)
@@ -262,6 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   latest: Dict[str, float] = {}
   iterator = inp.train_iterator(start_step)
   for step in range(start_step + 1, last_step + 1):  # `step` counts updates done after it.
+    train_step = train_steps[recompute_due(step - 1)]
     state, metrics = train_step(state, parallel.shard_batch(next(iterator), mesh))
     train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
     train_count += 1

@@ -12,18 +12,25 @@ from fisher_jax import state as state_lib
 from fisher_jax import steps
 
 
-def _run_steps(config, mesh, batches, model):
+def _run_steps(config, mesh, batches, model, host_decides=False):
+  """Runs the train step on `batches`; the penalty's recompute steps are decided on the device
+  (lax.cond) or, as train.py does, on the host (two compiled steps)."""
   tx = optim.make_optimizer(config, steps_per_epoch=10)
   create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
                    out_shardings=parallel.replicated(mesh))
   state = create(jax.random.PRNGKey(0))
-  step = parallel.data_parallel(steps.make_train_step(model, tx, config.regularizer.name), mesh,
-                                batch_args=(1,), num_args=2, donate_argnums=(0,))
-  losses = []
-  for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  flags = (True, False) if host_decides else (None,)
+  step_fns = {flag: parallel.data_parallel(
+      steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag), mesh,
+      batch_args=(1,), num_args=2, donate_argnums=(0,)) for flag in flags}
+  recompute_due = optim.make_recompute_fn(config, steps_per_epoch=10)
+  losses, penalties = [], []
+  for t, batch in enumerate(batches):
+    flag = recompute_due(t) if host_decides else None
+    state, metrics = step_fns[flag](state, parallel.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
-  return losses, jax.device_get(state)
+    penalties.append(float(metrics.get('penalty', 0.0)))
+  return losses, penalties, jax.device_get(state)
 
 
 def _batches(num, batch_size=32, seed=0):
@@ -32,21 +39,32 @@ def _batches(num, batch_size=32, seed=0):
            'label': rng.randint(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
 
 
-@pytest.mark.parametrize('model_name, kwargs, regularizer', [
-    ('simple_cnn', {}, 'none'),
-    ('simple_cnn', {}, 'fp'),  # Penalty of the global batch, shared forward pass.
+@pytest.mark.parametrize('model_name, kwargs, regularizer, reference_devices', [
+    ('simple_cnn', {}, 'none', 1),
+    ('simple_cnn', {}, 'fp', 1),  # Penalty of the global batch, shared forward pass.
+    # BatchNorm normalizes with each device's batch, so the reference also runs on 8 devices;
+    # the penalty comes through penalty_fn (separate forward pass).
+    ('wide_resnet', {'depth': 10, 'widen_factor': 1}, 'fp', 8),
 ])
-def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regularizer):
+def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regularizer,
+                                        reference_devices):
+  """8 devices with the host deciding the recompute steps (as train.py) equal 1 device with the
+  device deciding them (lax.cond): every_k=2 from the second step (start_epoch 0.1 = 1 step)."""
   assert jax.device_count() == 8
   default_config.regularizer.name = regularizer
   default_config.regularizer.strength = 0.1
   default_config.regularizer.every_k = 2
+  default_config.regularizer.start_epoch = 0.1
   model = models.get_model(model_name, 10, **kwargs)
   batches = _batches(4)
-  losses_1, state_1 = _run_steps(default_config, parallel.make_mesh(jax.devices()[:1]),
-                                 batches, model)
-  losses_8, state_8 = _run_steps(default_config, parallel.make_mesh(), batches, model)
+  losses_1, penalties_1, state_1 = _run_steps(
+      default_config, parallel.make_mesh(jax.devices()[:reference_devices]), batches, model)
+  losses_8, penalties_8, state_8 = _run_steps(default_config, parallel.make_mesh(), batches,
+                                              model, host_decides=True)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(penalties_8, penalties_1, rtol=1e-5, atol=1e-6)
+  if regularizer != 'none':  # Zero before the start step, then recomputed at steps 1 and 3.
+    assert penalties_1[0] == 0 and 0 < penalties_1[1] == penalties_1[2] != penalties_1[3]
   assert losses_1[-1] != losses_1[0]  # The parameters did move.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                state_8.params, state_1.params)

@@ -8,13 +8,15 @@ plain step's median:
 * `fp grad (linearize)`: `regularizers.penalty_and_grad('fp')` alone: g by one forward and one
   backward pass, 2 H g by one tangent pass of `jax.linearize` (goal <= 2.3);
 * `fp grad (rev-over-rev)`: `jax.grad` of `regularizers.penalty('fp')`, for reference;
-* `fp step separate`: loss gradient, then `tx.update(..., penalty_fn=make_penalty_fn(...))`
-  recomputing the penalty every step (the step as `train.py` writes it);
-* `fp step shared`: `loss_and_penalty_grads` under `optim.penalty_due`: the loss gradient and g
-  pulled back through one forward pass (goal <= 3.0);
-* `fp step every_k=10`: the shared step averaged over 10 consecutive steps, one of which
-  recomputes the penalty (goal <= 1.3);
-* `fp_exact`, `gp`, `gpr`, `gpx` steps: shared steps recomputing every step.
+* `fp step`: a step recomputing the penalty: `loss_and_penalty_grads` (the loss gradient and g
+  pulled back through one forward pass), `tx.update(..., recompute_penalty=True)` (goal <= 3.0);
+* `fp step separate`: the same with the loss gradient's own forward pass and `make_penalty_fn`;
+* `fp step every_k=10`: 10 consecutive steps, averaged: the host runs the recomputing step once
+  and the plain-gradient step reusing the cached penalty gradient 9 times (goal <= 1.3);
+* `fp every_k=10 cond` (with `--cond`): the same, one compiled step choosing with `lax.cond` on
+  the device (on CPU, XLA runs the convolutions inside a `lax.cond` branch several times slower,
+  github.com/jax-ml/jax/issues/12868);
+* `fp_exact`, `gp`, `gpr`, `gpx` steps: recomputing steps as `fp step`.
 
   python benchmarks/regularizers.py [--rounds 5] [--batch_size 128]
 """
@@ -55,40 +57,68 @@ def _make_plain_step(logits_fn):
   return tx, step
 
 
-def _make_penalty_step(logits_fn, name: str, every_k: int, shared: bool):
-  """A training step with the penalty `name` through `optim.add_penalty_gradient`."""
+def _make_penalty_steps(logits_fn, name: str, every_k: int, mode: str):
+  """Training steps with the penalty `name` through `optim.add_penalty_gradient`.
+
+  Returns `(tx, {recompute flag: jitted step})`. `mode`:
+    'host': the loss gradient and the penalty share one forward pass
+      (`loss_and_penalty_grads`); the host picks the recompute or the reuse step
+      (`recompute_penalty=True/False`), so no `lax.cond`;
+    'host_separate': as 'host', but the loss gradient has its own forward pass and the penalty
+      comes from `make_penalty_fn`;
+    'cond': the shared forward pass under `lax.cond(optim.penalty_due(...))`, the device picks.
+  """
   tx = optax.chain(optim.add_penalty_gradient(STRENGTH, every_k=every_k),
                    optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(params, opt_state, inputs, labels, rng):
-    if shared:
-      def with_penalty(p):
-        r = regularizers.loss_and_penalty_grads(name, logits_fn, p, inputs, labels, rng=rng)
-        return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+  def loss_and_grads(params, inputs, labels):
+    return jax.value_and_grad(
+        lambda p: losses.cross_entropy(logits_fn(p, inputs), labels).mean())(params)
 
-      def without_penalty(p):
-        r = regularizers.loss_and_penalty_grads('none', logits_fn, p, inputs, labels)
-        return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+  def make(recompute):
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, inputs, labels, rng):
+      extra = {}
+      if mode == 'cond':
+        def with_penalty(p):
+          r = regularizers.loss_and_penalty_grads(name, logits_fn, p, inputs, labels, rng=rng)
+          return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
 
-      (loss, grads), penalty = lax.cond(optim.penalty_due(opt_state), with_penalty,
-                                        without_penalty, params)
-      penalty_fn = lambda _: penalty  # noqa: E731
-    else:
-      loss, grads = jax.value_and_grad(
-          lambda p: losses.cross_entropy(logits_fn(p, inputs), labels).mean())(params)
-      penalty_fn = regularizers.make_penalty_fn(name, logits_fn, inputs, labels, rng=rng)
-    updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
-    return optax.apply_updates(params, updates), opt_state, loss
+        def without_penalty(p):
+          r = regularizers.loss_and_penalty_grads('none', logits_fn, p, inputs, labels)
+          return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
 
-  return tx, step
+        (loss, grads), penalty = lax.cond(optim.penalty_due(opt_state), with_penalty,
+                                          without_penalty, params)
+        extra['penalty_fn'] = lambda _: penalty
+      elif mode == 'host' and recompute:
+        r = regularizers.loss_and_penalty_grads(name, logits_fn, params, inputs, labels, rng=rng)
+        loss, grads = r.loss, r.loss_grads
+        extra['penalty_fn'] = lambda _: (r.penalty, r.penalty_grads)
+      else:
+        loss, grads = loss_and_grads(params, inputs, labels)
+        if recompute:
+          extra['penalty_fn'] = regularizers.make_penalty_fn(name, logits_fn, inputs, labels,
+                                                             rng=rng)
+      updates, opt_state = tx.update(grads, opt_state, params, recompute_penalty=recompute,
+                                     **extra)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+  if mode == 'cond':
+    return tx, {None: make(None)}
+  return tx, {True: make(True), False: make(False)} if every_k > 1 else {True: make(True)}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=5)
-  parser.add_argument('--only', default='', help='Comma-separated variant names to run.')
+  parser.add_argument('--cond', action='store_true',
+                      help='Also time the lax.cond variant (on CPU its compilation and first '
+                           '10 steps took ~25x those of the host-decided variant).')
+  parser.add_argument('--only', default='', help='Comma-separated labels of the variants to run.')
   args = parser.parse_args()
 
   model = models.get_model('simple_cnn', num_classes=10)
@@ -99,34 +129,41 @@ def main():
   init_params = jax.jit(model.init)(key, inputs[:1])['params']
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (steps donate their inputs)
 
-  # name -> (steps per timed call, call(rng) running them); steps keep their own state.
+  # label -> (steps per timed call, call(rng) running them); steps keep their own state.
   variants = {}
 
-  def add_step(label, tx, step, steps_per_call=1):
-    state = {'params': copy(init_params)}
+  def add_steps(label, tx, steps, every_k=1, steps_per_call=1):
+    state = {'params': copy(init_params), 'count': 0}
     state['opt_state'] = tx.init(state['params'])
 
     def call(rng):
       for i in range(steps_per_call):
-        state['params'], state['opt_state'], loss = step(
+        flag = (None if None in steps else
+                bool(optim.recompute_due(state['count'], every_k=every_k, start_step=0)))
+        state['params'], state['opt_state'], loss = steps[flag](
             state['params'], state['opt_state'], inputs, labels, jax.random.fold_in(rng, i))
+        state['count'] += 1
       return loss
 
     variants[label] = (steps_per_call, call)
 
-  add_step('plain SGD step', *_make_plain_step(logits_fn))
-  fp_grad = jax.jit(lambda p, r: regularizers.penalty_and_grad(
-      'fp', logits_fn, p, inputs, labels, rng=r))
-  fp_grad_ror = jax.jit(jax.value_and_grad(lambda p, r: regularizers.penalty(
-      'fp', logits_fn, p, inputs, labels, rng=r)))
-  variants['fp grad (linearize)'] = (1, lambda r: fp_grad(init_params, r))
-  variants['fp grad (rev-over-rev)'] = (1, lambda r: fp_grad_ror(init_params, r))
-  add_step('fp step separate', *_make_penalty_step(logits_fn, 'fp', 1, shared=False))
-  add_step('fp step shared', *_make_penalty_step(logits_fn, 'fp', 1, shared=True))
-  add_step('fp step every_k=10', *_make_penalty_step(logits_fn, 'fp', 10, shared=True),
-           steps_per_call=10)
+  tx, plain_step = _make_plain_step(logits_fn)
+  add_steps('plain SGD step', tx, {None: plain_step})
+  fp_grad = jax.jit(lambda p, x, y, r: regularizers.penalty_and_grad(
+      'fp', logits_fn, p, x, y, rng=r))
+  fp_grad_ror = jax.jit(jax.value_and_grad(lambda p, x, y, r: regularizers.penalty(
+      'fp', logits_fn, p, x, y, rng=r)))
+  variants['fp grad (linearize)'] = (1, lambda r: fp_grad(init_params, inputs, labels, r))
+  variants['fp grad (rev-over-rev)'] = (1, lambda r: fp_grad_ror(init_params, inputs, labels, r))
+  add_steps('fp step', *_make_penalty_steps(logits_fn, 'fp', 1, 'host'))
+  add_steps('fp step separate', *_make_penalty_steps(logits_fn, 'fp', 1, 'host_separate'))
+  add_steps('fp step every_k=10', *_make_penalty_steps(logits_fn, 'fp', 10, 'host'),
+            every_k=10, steps_per_call=10)
+  if args.cond:
+    add_steps('fp every_k=10 cond', *_make_penalty_steps(logits_fn, 'fp', 10, 'cond'),
+              every_k=10, steps_per_call=10)
   for name in ('fp_exact', 'gp', 'gpr', 'gpx'):
-    add_step(f'{name} step', *_make_penalty_step(logits_fn, name, 1, shared=True))
+    add_steps(f'{name} step', *_make_penalty_steps(logits_fn, name, 1, 'host'))
   if args.only:
     keep = ['plain SGD step'] + args.only.split(',')
     variants = {k: v for k, v in variants.items() if k in keep}

@@ -45,6 +45,13 @@ def _broadcast_params_sq_norms(logits_fn, params, inputs, labels):
   return sum(jnp.sum(g.reshape(batch, -1) ** 2, axis=1) for g in jax.tree.leaves(grads))
 
 
+def _vmapped_jvp_of_grad_forms(loss_fn, params, probes):
+  """Alternative kept for comparison: vmap over probes of jvp(grad) without jax.linearize."""
+  def form(v):
+    return optax.tree.vdot(v, jax.jvp(jax.grad(loss_fn), (params,), (v,))[1])
+  return jax.vmap(form)(probes)
+
+
 def _reverse_over_reverse_hvp(loss_fn, params, v):
   return jax.grad(lambda p: optax.tree.vdot(jax.grad(loss_fn)(p), v))(params)
 
@@ -97,6 +104,9 @@ def main():
       f'hessian_trace per probe ({probes} probes batched)': (
           lambda p, x, y, r, v: curvature.hessian_trace(loss_of(x, y), p, rng=r,
                                                         num_probes=probes), probes),
+      '  alternative: vmap(jvp(grad)) per probe, no linearize': (
+          lambda p, x, y, r, v: _vmapped_jvp_of_grad_forms(
+              loss_of(x, y), p, jax.tree.map(lambda a: jnp.stack([a] * probes), v)), probes),
   }
   if args.copies_alternative:  # slow to compile (convolutions with B feature groups)
     cases['  alternative: grad w.r.t. per-example parameter copies'] = (
@@ -116,11 +126,12 @@ def main():
     print(f'compiled {name.strip()} ({time.perf_counter() - start:.0f} s)', file=sys.stderr,
           flush=True)
   times = {name: [] for name in jitted}
-  for _ in range(args.rounds):
+  for round_index in range(args.rounds):
     for name, (fn, _) in jitted.items():
       start = time.perf_counter()
       jax.block_until_ready(fn(*call_args))
       times[name].append(time.perf_counter() - start)
+    print(f'round {round_index + 1}/{args.rounds} done', file=sys.stderr, flush=True)
   base = np.median(times['mean-loss gradient (baseline)'])
   print(f'SimpleCNN, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
         f'{args.rounds} rounds; cost / one mean-loss gradient (median):')

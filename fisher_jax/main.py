@@ -10,6 +10,7 @@ FISHER_JAX_* environment variables); see docs/multihost.md.
 A bad config or workdir ends with one sentence naming the field and a non-zero exit.
 """
 
+import os
 import sys
 
 from absl import app
@@ -17,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fisher_jax import config_files
 from fisher_jax import parallel
 
 FLAGS = flags.FLAGS
@@ -36,6 +38,57 @@ flags.DEFINE_integer('process_id', None,
                      f'This process, in [0, num_processes) (or ${parallel.ENV_PROCESS_ID}).')
 flags.DEFINE_integer('distributed_timeout', 300,
                      'Seconds to wait for every process to connect before failing.')
+
+
+def _override_fields(argv):
+  """The dotted fields of the `--config.<field>=<value>` (or `--config.<field> <value>`) args."""
+  fields = []
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      fields.append(arg[len('--config.'):].partition('=')[0])
+  return fields
+
+
+def _config_flag_problem(argv, error: Exception) -> str:
+  """One sentence for a config file that does not load or an override that does not apply."""
+  spec = None  # The last --config wins, as in absl.
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      spec = arg.partition('=')[2]
+    elif arg == '--config' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  path = (spec or '').partition(':')[0]
+  if not spec or not os.path.exists(path):
+    return (f'--config: the config file {path!r} does not exist; pass a file under configs/, '
+            'e.g. --config configs/default.py.')
+  try:
+    config = config_files.load_config(spec)
+  except Exception as load_error:  # pylint: disable=broad-except
+    return f'--config: {spec!r} does not load ({type(load_error).__name__}: {load_error}).'
+  for field in _override_fields(argv):
+    node = config
+    for key in field.split('.'):
+      if not hasattr(node, 'keys') or key not in node:
+        return (f'--config.{field}: {spec} has no field {field!r}; only the fields the config '
+                'file defines can be overridden (see its get_config).')
+      node = node[key]
+  return f'--config: an override does not apply ({type(error).__name__}: {error}).'
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; a config file or override that fails ends in one sentence."""
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.keys()  # ml_collections defers a config file's load error to its first use.
+    return remaining
+  except flags.Error as error:
+    if not any(a.startswith('--config') for a in argv):
+      app.usage(shorthelp=True, detailed_error=error, exitcode=1)
+    if 'flag --config=' in str(error):  # The file itself: say why it does not load.
+      sys.exit(f'fisher_jax: {_config_flag_problem(argv, error)}')
+    sys.exit(f'fisher_jax: {error}'.splitlines()[0])
+  except Exception as error:  # pylint: disable=broad-except
+    sys.exit(f'fisher_jax: {_config_flag_problem(argv, error)}')
 
 
 def _quiet_orbax(record) -> bool:
@@ -66,4 +119,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

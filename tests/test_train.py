@@ -74,11 +74,17 @@ def test_bad_config_fails_naming_the_field_and_writes_nothing(default_config, tm
   assert not (tmp_path / 'run').exists()
 
 
-def test_cli_bad_config_exits_non_zero_with_one_sentence(tmp_path):
-  result = _run_cli(tmp_path / 'run', '--config.model.name=resnet9000')
+@pytest.mark.parametrize('args, names', [
+    (('--config.model.name=resnet9000',), 'model.name'),
+    (('--config.model.depth=16',), "--config.model.depth: configs/default.py has no field"),
+    (('--config.num_epochs=abc',), '--config.num_epochs=abc'),
+    (('--config', 'configs/no_such_file.py'), "config file 'configs/no_such_file.py' does not"),
+])
+def test_cli_bad_config_exits_non_zero_with_one_sentence(tmp_path, args, names):
+  result = _run_cli(tmp_path / 'run', *args)
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('fisher_jax: ') and 'model.name' in last, result.stderr[-2000:]
+  assert last.startswith('fisher_jax: ') and names in last, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from fisher_jax import checkpoint
+from fisher_jax import config_files
 from fisher_jax import curvature
 from fisher_jax import data
 from fisher_jax import models
@@ -57,16 +58,6 @@ def _check_loop_fields(config: ml_collections.ConfigDict):
                      f'unknown; choose one of {list(curvature.FISHER_ESTIMATORS)}.')
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json())
 
@@ -85,8 +76,8 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
                        'written by fisher_jax: choose another --workdir.')
     return
   with open(path) as f:
-    old = _flatten(json.load(f))
-  new = _flatten(_config_dict(config))
+    old = config_files.flat_fields(json.load(f))
+  new = config_files.flat_fields(_config_dict(config))
   differing = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and k not in RESUMABLE_FIELDS)
   if differing:
@@ -257,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   eval_splits = [s for s in ('val', 'test') if inp.has_split(s)]
 
   if start_step == 0:
-    writer.write_hparams(_flatten(_config_dict(config)))
+    writer.write_hparams(config_files.flat_fields(_config_dict(config)))
     if config.measure.every_epochs or config.measure.every_steps:
       writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
   # Console progress from process 0 only (the others' writers discard, but it also logs).

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
+from fisher_jax import config_files
+
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 
@@ -133,19 +135,9 @@ def load_runs(root: str, experiment: Optional[str] = None) -> List[Run]:
   return sorted(runs, key=lambda r: r.name)
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
   """One row per run: 'name' and every config field as a dotted column."""
-  return pd.DataFrame([{'name': r.name, **_flatten(r.config)} for r in runs])
+  return pd.DataFrame([{'name': r.name, **config_files.flat_fields(r.config)} for r in runs])
 
 
 def label_of(run: Run) -> str:

@@ -5,13 +5,15 @@ The synthetic images carry their own index (`synthetic.identify`), so the tests 
 examples a batch holds; the true labels are recomputed from the builder's seed.
 """
 
+import functools
 import time
 
 import numpy as np
 import pytest
 
 from fisher_jax import data
-from fisher_jax.data import synthetic
+
+import synthetic_inputs  # tests/synthetic_inputs.py
 
 NAME = 'synthetic/cifar32'
 SPEC = data.get_spec(NAME)
@@ -24,28 +26,12 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
-def _make(data_dir, name=NAME, batch_size=64, seed=0, process_index=0, process_count=1,
-          **fields):
-  config = dict(name=name, data_dir=data_dir, label_noise=0.0, augment=False, val_fraction=0.1,
-                train_subset=None)
-  config.update(fields)
-  return data.make_input(config, batch_size=batch_size, seed=seed,
-                         process_index=process_index, process_count=process_count)
-
-
-def _ids(images):
-  """Example indices of normalized, un-augmented images [N, H, W, C]."""
-  raw = images * np.asarray(SPEC.std) + np.asarray(SPEC.mean)
-  return synthetic.identify(raw)
+_make = functools.partial(synthetic_inputs.make_input, name=NAME)
+_ids = functools.partial(synthetic_inputs.example_ids, spec=SPEC)
 
 
 def _eval_ids(inp, split, batch_size):
-  batches = list(inp.eval_iterator(split, batch_size))
-  assert len(batches) == inp.num_eval_batches(split, batch_size)
-  for b in batches:
-    assert b['mask'].shape == (batch_size // inp.process_count,)
-    assert np.all(b['image'][b['mask'] == 0] == 0)
-  return np.concatenate([_ids(b['image'])[b['mask'] == 1] for b in batches]), len(batches)
+  return synthetic_inputs.eval_ids(inp, split, batch_size, SPEC)
 
 
 # --- Label noise --------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Helpers shared by the input-pipeline tests on the synthetic TFDS datasets (built offline)."""
+
+import numpy as np
+
+from fisher_jax import data
+from fisher_jax.data import synthetic
+
+
+def make_input(data_dir, name, batch_size=64, seed=0, process_index=0, process_count=1,
+               **fields):
+  """`data.make_input` of dataset `name` with the default dataset fields, `fields` overriding."""
+  config = dict(name=name, data_dir=data_dir, label_noise=0.0, augment=False, val_fraction=0.1,
+                train_subset=None)
+  config.update(fields)
+  return data.make_input(config, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
+
+
+def example_ids(images, spec):
+  """Example indices of normalized, un-augmented images [N, H, W, C] of dataset `spec`."""
+  return synthetic.identify(images * np.asarray(spec.std) + np.asarray(spec.mean))
+
+
+def eval_ids(inp, split, batch_size, spec):
+  """(ids of the real examples of `split` in this process's eval batches, number of batches);
+  checks the batch count, the mask's shape and that padding is zero."""
+  batches = list(inp.eval_iterator(split, batch_size))
+  assert len(batches) == inp.num_eval_batches(split, batch_size)
+  for b in batches:
+    assert b['mask'].shape == (batch_size // inp.process_count,)
+    assert np.all(b['image'][b['mask'] == 0] == 0)
+  ids = [example_ids(b['image'], spec)[b['mask'] == 1] for b in batches]
+  return np.concatenate(ids), len(batches)

@@ -23,7 +23,8 @@ With `every_k > 1` the penalty is recomputed on some steps only. By default the 
 decides on the device (`lax.cond`), so one compiled step serves all steps. On CPU, where XLA runs
 convolutions inside a `lax.cond` branch several times slower, let the host decide instead: compile
 the step twice, with `tx.update(..., recompute_penalty=True)` and `recompute_penalty=False`, and
-pick one per step with `make_recompute_fn(config, steps_per_epoch)(updates_done)`.
+pick one per step with `make_recompute_fn(config, steps_per_epoch)(updates_done)`; the training
+loop (`train.py`) does this.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Union

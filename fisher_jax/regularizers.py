@@ -346,19 +346,14 @@ def loss_and_penalty_grads(name: str, logits_fn: LogitsFn, params, inputs: jax.A
   The logits are computed once; the loss gradient and the penalty's label gradient are two
   pullbacks of the same `jax.vjp` (for 'gp' they are the same vector; for 'gpx' the loss
   gradient comes out of the penalty's own backward pass). Loss and gradients are global-batch
-  means (`pmean`ed) when `axis_name` is given. Use it in a step under the transformation's
-  recompute flag, handing the penalty to the transformation through a constant `penalty_fn`:
+  means (`pmean`ed) when `axis_name` is given. Use it in the step that recomputes the penalty,
+  handing the penalty to the transformation through a constant `penalty_fn` (the host picks
+  that step with `optim.recompute_due`; see `optim.add_penalty_gradient`):
 
   ```
-  def with_penalty(p):
-    r = regularizers.loss_and_penalty_grads(name, logits_fn, p, x, y, rng=rng, axis_name='data')
-    return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
-  def without_penalty(p):
-    loss, grads = ...  # the usual pmean'd loss gradient
-    return (loss, grads), (jnp.zeros([], loss.dtype), jax.tree.map(jnp.zeros_like, p))
-  (loss, grads), pen = lax.cond(optim.penalty_due(opt_state), with_penalty, without_penalty,
-                                params)
-  updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=lambda _: pen)
+  r = regularizers.loss_and_penalty_grads(name, logits_fn, p, x, y, rng=rng, axis_name='data')
+  updates, opt_state = tx.update(r.loss_grads, opt_state, p, recompute_penalty=True,
+                                 penalty_fn=lambda _: (r.penalty, r.penalty_grads))
   ```
 
   Same arguments as `penalty`; `logits_fn` must be the training forward pass (a model with

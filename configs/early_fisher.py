@@ -15,7 +15,7 @@ CIFAR-10 and CIFAR-100 at the setting's tuned learning rate; 3 seeds per point.
       --config.seed=0 --config.experiment.variant=lr=0.01
 
 CPU scale (digits, SimpleCNN, 8 epochs, 2 seeds): lr in {0.001, 0.003, 0.01, 0.03, 0.1} at batch
-128; batch in {32, 128, 512} at lr 0.1.
+128; batch in {32, 128, 512} at lr 0.03.
 
   python -m fisher_jax.main --config configs/early_fisher.py:cpu,lr \
       --workdir runs/cpu/early_fisher/lr_0.01_s0 --config.optimizer.learning_rate=0.01

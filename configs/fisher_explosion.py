@@ -7,7 +7,7 @@ train/val accuracy, Tr(F) (512 examples, sampled labels) and the gradient norm e
   python -m fisher_jax.main --config configs/fisher_explosion.py:wrn_tiny_imagenet,small_lr \
       --workdir runs/full/fisher_explosion/small_lr
 
-CPU scale (digits, SimpleCNN, lr 0.1 vs 0.003, 8 epochs):
+CPU scale (digits, SimpleCNN, lr 0.03 vs 0.003, 8 epochs):
 
   python -m fisher_jax.main --config configs/fisher_explosion.py:cpu,small_lr \
       --workdir runs/cpu/fisher_explosion/small_lr

@@ -10,7 +10,8 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr in {0.001, 0.01, 0.1} at batch 128,
   python -m fisher_jax.main --config configs/hessian_trace.py:simple_cnn_cifar10,lr \
       --config.optimizer.learning_rate=0.01 --workdir runs/full/hessian_trace/lr_0.01
 
-CPU scale (digits): lr in {0.003, 0.03, 0.1}, batch in {32, 256}, 8 probes on 256 examples.
+CPU scale (digits): lr in {0.003, 0.03, 0.1}, batch in {32, 256} at lr 0.03, 8 probes on 256
+examples.
 Figure: `fisher_jax.analysis.plots.plot_hessian_trace`.
 """
 

@@ -14,7 +14,7 @@ CIFAR-100 without augmentation, 25% noisy labels, the setting's tuned learning r
   python -m fisher_jax.main --config configs/memorization.py:vgg11_cifar100,fp \
       --config.regularizer.strength=0.1 --workdir runs/full/memorization/vgg11_fp_0.1
 
-CPU scale (digits, SimpleCNN, 25% noisy labels, lr 0.1, 16 epochs, FP 0.001, 0.003, 0.01):
+CPU scale (digits, SimpleCNN, 25% noisy labels, lr 0.03, 16 epochs, FP 0.001, 0.003, 0.01):
 
   python -m fisher_jax.main --config configs/memorization.py:cpu,fp \
       --config.regularizer.strength=0.01 --workdir runs/cpu/memorization/fp_0.01

@@ -12,7 +12,7 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr 0.0316 vs 0.001, batch 128 vs 1024,
   python -m fisher_jax.main --config configs/per_step.py:simple_cnn_cifar10,large_batch_fp \
       --config.batch_size=1024 --config.regularizer.strength=0.1 --workdir runs/full/per_step/x
 
-CPU scale (digits): lr 0.1 vs 0.003, batch 32 vs 256, FP {0.1, 1} at batch 256, 3 epochs.
+CPU scale (digits): lr 0.03 vs 0.003, batch 32 vs 256, FP {0.01, 0.1} at batch 256, 3 epochs.
 Figure: `fisher_jax.analysis.plots.plot_per_step`.
 """
 

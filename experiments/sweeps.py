@@ -195,7 +195,7 @@ def _axis_runs(config_file: str, setting: str, lrs: Sequence[float], batch_sizes
 
 def _hessian_trace(scale: str) -> List[Run]:
   if scale == 'cpu':
-    return _axis_runs('configs/hessian_trace.py', 'cpu', (0.003, 0.03, 0.1), (32, 256), 0.1)
+    return _axis_runs('configs/hessian_trace.py', 'cpu', (0.003, 0.03, 0.1), (32, 256), 0.03)
   return _axis_runs('configs/hessian_trace.py', 'simple_cnn_cifar10', (0.001, 0.01, 0.1),
                     (32, 128, 512), 0.0316)
 
@@ -218,9 +218,9 @@ def _per_step(scale: str) -> List[Run]:
   cpu = scale == 'cpu'
   setting = 'cpu' if cpu else 'simple_cnn_cifar10'
   config = 'configs/per_step.py:' + setting
-  lrs = (0.1, 0.003) if cpu else (0.0316, 0.001)
+  lrs = (0.03, 0.003) if cpu else (0.0316, 0.001)
   small_b, large_b = (32, 256) if cpu else (128, 1024)
-  strengths = (0.1, 1.0) if cpu else (0.01, 0.1, 1.0)
+  strengths = (0.01, 0.1) if cpu else (0.01, 0.1, 1.0)
   runs = [Run(f'lr_{_fmt(lr)}', f'{config},lr',
               (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}')))
           for lr in lrs]

@@ -27,6 +27,12 @@ def load_config(name: str = 'default', arg: str = None):
   return config_files.load_config(path + (f':{arg}' if arg else ''))
 
 
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A TFDS data directory shared by one test module's locally built datasets."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
 @pytest.fixture
 def default_config():
   """A fresh configs/default.py config (tests shrink it to what they need)."""

@@ -21,7 +21,7 @@ def example_ids(images, spec):
   return synthetic.identify(images * np.asarray(spec.std) + np.asarray(spec.mean))
 
 
-def eval_ids(inp, split, batch_size, spec):
+def eval_ids(inp, split, batch_size, *, spec):
   """(ids of the real examples of `split` in this process's eval batches, number of batches);
   checks the batch count, the mask's shape and that padding is zero."""
   batches = list(inp.eval_iterator(split, batch_size))

@@ -26,11 +26,6 @@ def _keys(raw):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-@pytest.fixture(scope='module')
 def sklearn_digits():
   d = sk_datasets.load_digits()
   images = d.images.astype(np.int64).reshape(1797, -1)

@@ -21,17 +21,9 @@ NUM_TRAIN_SPLIT, NUM_TEST_SPLIT = 640, 103
 TRUE_LABELS = np.random.default_rng([1, 7]).integers(10, size=NUM_TRAIN_SPLIT)  # the builder's
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 _make = functools.partial(synthetic_inputs.make_input, name=NAME)
 _ids = functools.partial(synthetic_inputs.example_ids, spec=SPEC)
-
-
-def _eval_ids(inp, split, batch_size):
-  return synthetic_inputs.eval_ids(inp, split, batch_size, SPEC)
+_eval_ids = functools.partial(synthetic_inputs.eval_ids, spec=SPEC)
 
 
 # --- Label noise --------------------------------------------------------------------------------

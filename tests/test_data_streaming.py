@@ -20,17 +20,9 @@ data.register_dataset(SPEC)
 NUM_TEST_SPLIT = 103
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 _make = functools.partial(synthetic_inputs.make_input, name=STREAMED)
 _ids = functools.partial(synthetic_inputs.example_ids, spec=SPEC)
-
-
-def _eval_ids(inp, split, batch_size):
-  return synthetic_inputs.eval_ids(inp, split, batch_size, SPEC)
+_eval_ids = functools.partial(synthetic_inputs.eval_ids, spec=SPEC)
 
 
 def test_two_processes_read_disjoint_eval_shards_that_cover_the_split(data_dir):

@@ -31,3 +31,14 @@ def eval_ids(inp, split, batch_size, *, spec):
     assert np.all(b['image'][b['mask'] == 0] == 0)
   ids = [example_ids(b['image'], spec)[b['mask'] == 1] for b in batches]
   return np.concatenate(ids), len(batches)
+
+
+def check_two_processes_cover_eval_splits(inputs, split_sizes, spec, batch_size=32):
+  """Two processes' inputs read disjoint eval shards, in equal numbers of batches, that together
+  hold every example of each split once (`split_sizes`: split -> number of examples)."""
+  for split, size in split_sizes.items():
+    shards = [eval_ids(inp, split, batch_size, spec=spec) for inp in inputs]
+    assert shards[0][1] == shards[1][1]  # the same number of batches in both processes
+    ids = [set(s[0]) for s in shards]
+    assert len(ids[0]) == len(shards[0][0]) and not ids[0] & ids[1]
+    assert len(ids[0] | ids[1]) == size == len(shards[0][0]) + len(shards[1][0])

@@ -123,14 +123,10 @@ def test_augmentation_is_a_padded_crop_with_flips(data_dir):
 # --- Multi-process reading ----------------------------------------------------------------------
 
 
-def test_two_processes_read_disjoint_eval_shards_that_cover_the_split(data_dir, name=NAME):
-  inputs = [_make(data_dir, name=name, process_index=p, process_count=2) for p in range(2)]
-  for split, size in (('test', NUM_TEST_SPLIT), ('val', 64)):
-    shards = [_eval_ids(inp, split, 32) for inp in inputs]
-    assert shards[0][1] == shards[1][1]  # the same number of batches in both processes
-    ids = [set(s[0]) for s in shards]
-    assert len(ids[0]) == len(shards[0][0]) and not ids[0] & ids[1]
-    assert len(ids[0] | ids[1]) == size == len(shards[0][0]) + len(shards[1][0])
+def test_two_processes_read_disjoint_eval_shards_that_cover_the_split(data_dir):
+  inputs = [_make(data_dir, process_index=p, process_count=2) for p in range(2)]
+  synthetic_inputs.check_two_processes_cover_eval_splits(
+      inputs, {'test': NUM_TEST_SPLIT, 'val': 64}, SPEC)
 
 
 # --- Missing data -------------------------------------------------------------------------------

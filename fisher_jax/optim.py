@@ -27,6 +27,7 @@ pick one per step with `make_recompute_fn(config, steps_per_epoch)(updates_done)
 loop (`train.py`) does this.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
@@ -58,10 +59,6 @@ class PenaltyState(NamedTuple):
 def recompute_due(count, *, every_k: int, start_step: int):
   """Whether the update after `count` updates recomputes the penalty (host ints or arrays)."""
   return (count >= start_step) & ((count - start_step) % every_k == 0)
-
-
-def _is_due(count, start_step: int, every_k: int):
-  return recompute_due(count, every_k=every_k, start_step=start_step)
 
 
 def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int = 1,
@@ -103,12 +100,13 @@ def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int
   if int(start_step) != start_step or start_step < 0:
     raise ValueError(f'start_step={start_step} is invalid; it must be an integer >= 0.')
   every_k, start_step = int(every_k), int(start_step)
+  due = functools.partial(recompute_due, every_k=every_k, start_step=start_step)
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     count = jnp.zeros([], jnp.int32)
-    return PenaltyState(count=count, recompute=_is_due(count, start_step, every_k),
+    return PenaltyState(count=count, recompute=due(count),
                         value=jnp.zeros([], dtype), grads=jax.tree.map(jnp.zeros_like, params))
 
   def update_fn(updates, state, params=None, *, penalty_fn: Optional[Callable] = None,
@@ -143,7 +141,7 @@ def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int
     scale = jnp.where(state.count >= start_step, scale, 0.0)
     updates = jax.tree.map(lambda u, g: u + (scale * g).astype(u.dtype), updates, grads)
     count = optax.safe_int32_increment(state.count)
-    return updates, PenaltyState(count=count, recompute=_is_due(count, start_step, every_k),
+    return updates, PenaltyState(count=count, recompute=due(count),
                                  value=value, grads=grads)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -255,16 +253,21 @@ def _make_base_optimizer(opt_config, learning_rate) -> optax.GradientTransformat
   return base
 
 
-def make_penalty(reg_config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """`add_penalty_gradient` from `config.regularizer.{strength, every_k, start_epoch}`."""
+def _penalty_schedule(reg_config, steps_per_epoch: int):
+  """(strength, every_k, start_step) of `config.regularizer`, each field checked."""
   regularizers.validate_name(reg_config.name)
   strength = _number('regularizer.strength', reg_config.get('strength', 0.0), low=0)
   every_k = reg_config.get('every_k', 1)
   if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
     raise ValueError(f'regularizer.every_k={every_k!r} is invalid; it must be an integer >= 1.')
   start_epoch = _number('regularizer.start_epoch', reg_config.get('start_epoch', 0), low=0)
-  return add_penalty_gradient(strength, every_k=every_k,
-                              start_step=int(round(start_epoch * steps_per_epoch)))
+  return strength, every_k, int(round(start_epoch * steps_per_epoch))
+
+
+def make_penalty(reg_config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """`add_penalty_gradient` from `config.regularizer.{strength, every_k, start_epoch}`."""
+  strength, every_k, start_step = _penalty_schedule(reg_config, steps_per_epoch)
+  return add_penalty_gradient(strength, every_k=every_k, start_step=start_step)
 
 
 def make_recompute_fn(config, steps_per_epoch: int) -> Callable[[int], bool]:
@@ -273,9 +276,7 @@ def make_recompute_fn(config, steps_per_epoch: int) -> Callable[[int], bool]:
   reg_config = config.get('regularizer', None)
   if reg_config is None or reg_config.name == 'none':
     return lambda count: False
-  make_penalty(reg_config, steps_per_epoch)  # Validates the fields.
-  every_k = reg_config.get('every_k', 1)
-  start_step = int(round(reg_config.get('start_epoch', 0) * steps_per_epoch))
+  _, every_k, start_step = _penalty_schedule(reg_config, steps_per_epoch)
   return lambda count: bool(recompute_due(int(count), every_k=every_k, start_step=start_step))
 
 

@@ -20,10 +20,6 @@ from fisher_jax import curvature, losses
 from fisher_jax.models import get_model
 
 
-def _mean_loss(logits_fn, params, inputs, labels):
-  return jnp.mean(losses.cross_entropy(logits_fn(params, inputs), labels))
-
-
 def _vmap_grad_sq_norms(logits_fn, params, inputs, labels):
   """Alternative kept for comparison: materialize vmap(grad) per-example gradients, then norms."""
   def one(x, y):

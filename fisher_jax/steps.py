@@ -226,12 +226,9 @@ def make_hessian_fn(model: nn.Module, *, num_probes: int) -> Callable:
 
   def hessian(state: TrainState, inputs: jax.Array, labels: jax.Array, rng: jax.Array):
     logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
-
-    def loss_fn(params):
-      return jnp.mean(losses.cross_entropy(logits_fn(params, inputs), labels))
-
-    estimate, stderr = curvature.hessian_trace(loss_fn, state.params, rng=rng,
-                                               num_probes=num_probes)
+    estimate, stderr = curvature.hessian_trace(
+        curvature.make_loss_fn(logits_fn, inputs, labels), state.params, rng=rng,
+        num_probes=num_probes)
     return {'curvature/hessian_trace': estimate, 'curvature/hessian_trace_stderr': stderr}
 
   return hessian

@@ -8,13 +8,13 @@ See docs/data.md for the datasets, how to prepare them (`python -m fisher_jax.da
 and the fields of `config.dataset`.
 """
 
+from fisher_jax.data.base import EVAL_SPLITS
+from fisher_jax.data.base import InputBase
 from fisher_jax.data.digits import SklearnDigits
 from fisher_jax.data.label_noise import corrupt_labels
 from fisher_jax.data.pipeline import DatasetNotPreparedError
 from fisher_jax.data.pipeline import DatasetSettings
-from fisher_jax.data.pipeline import EVAL_SPLITS
 from fisher_jax.data.pipeline import Input
-from fisher_jax.data.pipeline import InputBase
 from fisher_jax.data.pipeline import make_input
 from fisher_jax.data.pipeline import missing_dataset_message
 from fisher_jax.data.pipeline import prepared_builder

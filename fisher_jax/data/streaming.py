@@ -21,14 +21,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from fisher_jax.data import augment as augment_lib
-from fisher_jax.data import pipeline
+from fisher_jax.data import base
 
 SHUFFLE_BUFFER = 10_000  # examples (encoded) per process
 _SALT_FILES = 11
 _SALT_BUFFER = 12
 
 
-class StreamingInput(pipeline.InputBase):
+class StreamingInput(base.InputBase):
   """The streamed input of one process; the same interface as `pipeline.Input`."""
 
   def __init__(self, spec, settings, builder, **kwargs):

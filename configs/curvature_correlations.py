@@ -13,12 +13,7 @@ CPU scale (digits): lr in {0.001, 0.01, 0.1}, 8 epochs.
 Figure: `fisher_jax.analysis.plots.plot_curvature_correlations`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('lr',)
 

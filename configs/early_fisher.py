@@ -24,12 +24,7 @@ The argument is SETTING[,AXIS], AXIS 'lr' (default) or 'batch_size'; the run's
 `experiment.group` is 'SETTING/AXIS'. Figure: `fisher_jax.analysis.plots.plot_early_fisher`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('lr', 'batch_size')
 

@@ -17,12 +17,7 @@ The argument is SETTING[,VARIANT]: SETTING one of configs/recipes.py's settings,
 Figure: `fisher_jax.analysis.plots.plot_fisher_explosion`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('tuned_lr', 'small_lr')
 

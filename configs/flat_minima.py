@@ -22,12 +22,7 @@ CPU scale (digits): phase 1 3 epochs (FP 0.1), phase 2 6 epochs with Tr(H) every
 Figure: `fisher_jax.analysis.plots.plot_flat_minima`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('fp', 'none', 'continue')
 PHASE1_EPOCHS = {'cpu': 3, 'full': 20}

@@ -18,12 +18,7 @@ CPU scale (digits, 8 epochs):
 Figure: `fisher_jax.analysis.plots.plot_fp_every_k`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('fp_k10', 'fp_k1', 'fp_exact', 'small_lr', 'tuned_lr')
 

@@ -19,12 +19,7 @@ CPU scale (digits, 8 epochs, e in {0, 2, 4}):
 Figure: `fisher_jax.analysis.plots.plot_fp_start`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('fp', 'tuned_lr', 'small_lr')
 

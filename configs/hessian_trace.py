@@ -15,12 +15,7 @@ examples.
 Figure: `fisher_jax.analysis.plots.plot_hessian_trace`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('lr', 'batch_size')
 

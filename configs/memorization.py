@@ -22,12 +22,7 @@ CPU scale (digits, SimpleCNN, 25% noisy labels, lr 0.03, 16 epochs, FP 0.001, 0.
 Figure: `fisher_jax.analysis.plots.plot_memorization`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('none', 'fp')
 LABEL_NOISE = 0.25

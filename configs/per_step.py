@@ -16,12 +16,7 @@ CPU scale (digits): lr 0.03 vs 0.003, batch 32 vs 256, FP {0.01, 0.1} at batch 2
 Figure: `fisher_jax.analysis.plots.plot_per_step`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('lr', 'batch_size', 'large_batch_fp')
 

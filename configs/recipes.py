@@ -37,33 +37,80 @@ start-up and XLA compilation; a penalty recomputed every step costs several time
 on a CPU.
 """
 
-import os
-import runpy
+import dataclasses
+from typing import Any, Mapping
 
 import ml_collections
 
-# setting -> (dataset, model kwargs, augment, tuned lr, small lr, batch size, epochs)
-_FULL = {
-    'wrn_tiny_imagenet': ('tiny_imagenet', dict(name='wide_resnet', depth=16, widen_factor=4),
-                          True, 0.0316, 0.001, 128, 200),
-    'densenet_cifar100': ('cifar100', dict(name='densenet', depth=100, growth_rate=12),
-                          False, 0.1, 0.00316, 128, 200),
-    'vgg11_cifar100': ('cifar100', dict(name='vgg11', batch_norm=False), False, 0.01, 0.001, 128,
-                       200),
-    'wrn_cifar100': ('cifar100', dict(name='wide_resnet', depth=16, widen_factor=4), False, 0.1,
-                     0.00316, 128, 200),
-    'simple_cnn_cifar10': ('cifar10', dict(name='simple_cnn'), False, 0.0316, 0.001, 128, 200),
-    'resnet50_cifar100': ('cifar100', dict(name='resnet50', stem='cifar'), False, 0.1, 0.00316,
-                          128, 200),
-    'resnet50_imagenet': ('imagenet2012', dict(name='resnet50'), True, 0.1, 0.00316, 256, 90),
-}
-SETTINGS = tuple(_FULL) + ('cpu',)
+from configs import default
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One (dataset, model) setting: what its runs share (see the table above).
+
+  Attributes:
+    dataset: `config.dataset.name`.
+    model: `config.model` (name and model kwargs).
+    augment: `config.dataset.augment`.
+    tuned_lr, small_lr: the setting's tuned and small learning rates (`experiment.*`).
+    batch_size, num_epochs: `config.batch_size`, `config.num_epochs`.
+    val_fraction: `config.dataset.val_fraction`.
+    measure_examples: `measure.num_examples` and `measure.hessian_num_examples`.
+    hessian_probes: `measure.hessian_probes`.
+    checkpoint_every_epochs: `config.checkpoint_every_epochs`.
+    early_epochs: `experiment.early_epochs`, the end of the early-phase window.
+    strength: the penalty strength at the small learning rate (`experiment.strengths`).
+  """
+  dataset: str
+  model: Mapping[str, Any]
+  augment: bool
+  tuned_lr: float
+  small_lr: float
+  batch_size: int = 128
+  num_epochs: int = 200
+  val_fraction: float = 0.1
+  measure_examples: int = 512
+  hessian_probes: int = 16
+  checkpoint_every_epochs: int = 5
+  early_epochs: float = 10.0
+  # Penalty strengths at the small learning rate (ours; the paper tuned each per setting).
+  strength: float = 0.1
+
+
 CPU = 'cpu'
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """configs/default.py's config (loaded by path, so this works from any directory)."""
-  return runpy.run_path(os.path.join(os.path.dirname(__file__), 'default.py'))['get_config']()
+RECIPES = {
+    'wrn_tiny_imagenet': Recipe(
+        dataset='tiny_imagenet', model=dict(name='wide_resnet', depth=16, widen_factor=4),
+        augment=True, tuned_lr=0.0316, small_lr=0.001),
+    'densenet_cifar100': Recipe(
+        dataset='cifar100', model=dict(name='densenet', depth=100, growth_rate=12),
+        augment=False, tuned_lr=0.1, small_lr=0.00316),
+    'vgg11_cifar100': Recipe(
+        dataset='cifar100', model=dict(name='vgg11', batch_norm=False), augment=False,
+        tuned_lr=0.01, small_lr=0.001),
+    'wrn_cifar100': Recipe(
+        dataset='cifar100', model=dict(name='wide_resnet', depth=16, widen_factor=4),
+        augment=False, tuned_lr=0.1, small_lr=0.00316),
+    'simple_cnn_cifar10': Recipe(
+        dataset='cifar10', model=dict(name='simple_cnn'), augment=False, tuned_lr=0.0316,
+        small_lr=0.001),
+    'resnet50_cifar100': Recipe(
+        dataset='cifar100', model=dict(name='resnet50', stem='cifar'), augment=False,
+        tuned_lr=0.1, small_lr=0.00316),
+    'resnet50_imagenet': Recipe(
+        dataset='imagenet2012', model=dict(name='resnet50'), augment=True, tuned_lr=0.1,
+        small_lr=0.00316, batch_size=256, num_epochs=90, val_fraction=0.0),
+    # 0.03: the best test accuracy of the CPU lr sweep (early_fisher: 0.983 against 0.969 at
+    # 0.1, where batch 32 diverged) and the default config's learning rate. FP 0.1 at lr 0.003
+    # already cost half the accuracy and 1.0 collapsed the model to a constant prediction; 0.01
+    # lowered Tr(F) by a third at equal accuracy.
+    CPU: Recipe(
+        dataset='digits', model=dict(name='simple_cnn'), augment=False, tuned_lr=0.03,
+        small_lr=0.003, num_epochs=8, measure_examples=256, hessian_probes=8,
+        checkpoint_every_epochs=4, early_epochs=2.0, strength=0.01),
+}
+SETTINGS = tuple(RECIPES)
 
 
 def parse_arg(arg, variants, default_setting: str, file: str):
@@ -97,43 +144,29 @@ def get_config(setting: str = 'cpu') -> ml_collections.ConfigDict:
   """The recipe of `setting` (see the table in the module docstring), at the tuned lr."""
   if setting not in SETTINGS:
     raise ValueError(f'configs/recipes.py:{setting} is unknown; choose one of {list(SETTINGS)}.')
-  config = default_config()
+  recipe = RECIPES[setting]
+  config = default.get_config()
   experiment = ml_collections.ConfigDict()
   experiment.name = 'recipe'
   experiment.group = setting
   experiment.variant = 'tuned_lr'
-  # Penalty strengths at the small learning rate (ours; the paper tuned each per setting). On
-  # CPU, FP 0.1 at lr 0.003 already cost half the accuracy and 1.0 collapsed the model to a
-  # constant prediction; 0.01 lowered Tr(F) by a third at equal accuracy.
-  strength = 0.01 if setting == CPU else 0.1
+  strength = recipe.strength
   experiment.strengths = ml_collections.ConfigDict(
       dict(fp=strength, gp=strength, gpr=strength, gpx=strength))
+  experiment.tuned_lr = recipe.tuned_lr
+  experiment.small_lr = recipe.small_lr
+  experiment.early_epochs = recipe.early_epochs
   config.experiment = experiment
-  if setting == CPU:
-    experiment.early_epochs = 2.0
-    # 0.03: the best test accuracy of the CPU lr sweep (early_fisher: 0.983 against 0.969 at
-    # 0.1, where batch 32 diverged) and the default config's learning rate.
-    experiment.tuned_lr = 0.03
-    experiment.small_lr = 0.003
-    config.num_epochs = 8
-    config.measure.num_examples = 256
-    config.measure.hessian_probes = 8
-    config.measure.hessian_num_examples = 256
-    config.checkpoint_every_epochs = 4
-  else:
-    dataset, model, augment, tuned_lr, small_lr, batch_size, epochs = _FULL[setting]
-    experiment.tuned_lr = tuned_lr
-    experiment.small_lr = small_lr
-    experiment.early_epochs = 10.0
-    config.dataset.name = dataset
-    config.dataset.augment = augment
-    config.dataset.val_fraction = 0.1 if dataset != 'imagenet2012' else 0.0
-    config.model = ml_collections.ConfigDict(model)
-    config.batch_size = batch_size
-    config.num_epochs = epochs
-    config.measure.num_examples = 512
-    config.measure.hessian_num_examples = 512
-    config.checkpoint_every_epochs = 5
+  config.dataset.name = recipe.dataset
+  config.dataset.augment = recipe.augment
+  config.dataset.val_fraction = recipe.val_fraction
+  config.model = ml_collections.ConfigDict(dict(recipe.model))
+  config.batch_size = recipe.batch_size
+  config.num_epochs = recipe.num_epochs
+  config.measure.num_examples = recipe.measure_examples
+  config.measure.hessian_probes = recipe.hessian_probes
+  config.measure.hessian_num_examples = recipe.measure_examples
+  config.checkpoint_every_epochs = recipe.checkpoint_every_epochs
   config.optimizer.name = 'momentum'
   config.optimizer.momentum = 0.9
   config.optimizer.schedule = 'constant'

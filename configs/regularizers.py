@@ -20,12 +20,7 @@ Penalty strengths are our starting points (the paper tuned each per setting): ov
 `plots.table_regularizers`.
 """
 
-import os
-import runpy
-import types
-
-recipes = types.SimpleNamespace(
-    **runpy.run_path(os.path.join(os.path.dirname(__file__), 'recipes.py')))
+from configs import recipes
 
 VARIANTS = ('tuned_lr', 'small_lr', 'gpx', 'gp', 'fp', 'gpr')
 

@@ -49,14 +49,20 @@ def _override_fields(argv):
   return fields
 
 
-def _config_flag_problem(argv, error: Exception) -> str:
-  """One sentence for a config file that does not load or an override that does not apply."""
-  spec = None  # The last --config wins, as in absl.
+def _config_spec(argv):
+  """The `path[:arg]` of `--config` (the last one wins, as in absl), or None."""
+  spec = None
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
       spec = arg.partition('=')[2]
     elif arg == '--config' and i + 1 < len(argv):
       spec = argv[i + 1]
+  return spec
+
+
+def _config_flag_problem(argv, error: Exception) -> str:
+  """One sentence for a config file that does not load or an override that does not apply."""
+  spec = _config_spec(argv)
   path = (spec or '').partition(':')[0]
   if not spec or not os.path.exists(path):
     return (f'--config: the config file {path!r} does not exist; pass a file under configs/, '
@@ -77,6 +83,9 @@ def _config_flag_problem(argv, error: Exception) -> str:
 
 def _parse_flags(argv):
   """absl's flag parsing; a config file or override that fails ends in one sentence."""
+  spec = _config_spec(argv)
+  if spec:
+    config_files.make_importable(spec)  # `from configs import recipes` from any directory.
   try:
     remaining = FLAGS(argv)
     FLAGS.config.keys()  # ml_collections defers a config file's load error to its first use.

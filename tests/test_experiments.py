@@ -94,6 +94,19 @@ def test_a_bad_config_argument_names_the_allowed_values():
     config_files.load_config(os.path.join(REPO, 'configs/regularizers.py:mnist'))
 
 
+def test_configs_import_each_other_as_a_package_from_any_directory(tmp_path):
+  """`from configs import recipes` in a config file works wherever the run starts."""
+  code = ('from fisher_jax import config_files; '
+          f'c = config_files.load_config({os.path.join(REPO, "configs/regularizers.py:cpu,fp")!r});'
+          ' print(c.regularizer.name, c.optimizer.learning_rate)')
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  from configs import recipes  # pylint: disable=g-import-not-at-top
+  assert proc.stdout.split() == ['fp', str(recipes.RECIPES[recipes.CPU].small_lr)]
+
+
 def test_dry_run_prints_one_command_per_run_dependencies_last(tmp_path):
   out = io.StringIO()
   with contextlib.redirect_stdout(out):

@@ -100,6 +100,19 @@ def test_parameter_count(name, kwargs, num_classes, side, count, published, has_
   assert ('batch_stats' in variables) == has_bn
 
 
+@pytest.mark.parametrize('name, kwargs, count, has_bn', [
+    ('mlp', {}, 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10, False),
+    ('mlp', {'depth': 3, 'width': 64, 'batch_norm': True},
+     784 * 64 + 2 * 64 * 64 + 3 * 2 * 64 + 64 * 10 + 10, True),  # BN: scale+bias, no Dense bias
+    ('mlp', {'depth': 0}, 784 * 10 + 10, False),
+    ('lenet5', {}, 61_706, False),
+])
+def test_fashion_mnist_model_parameter_counts(name, kwargs, count, has_bn):
+  variables = _init_shapes(models.get_model(name, 10, **kwargs), (1, 28, 28, 1))
+  assert _num_params(variables) == count
+  assert ('batch_stats' in variables) == has_bn
+
+
 # ----------------------------------------------------------------------------------------------
 # One training step, one evaluation and the exact Fisher trace of every registered model.
 
@@ -118,7 +131,10 @@ STEP_CASES = [
     ('wide_resnet', {'depth': 10, 'widen_factor': 1, 'dropout_rate': 0.3}, {}, 8),
     ('densenet', {'depth': 10, 'growth_rate': 4}, {'block_sizes': (1, 1)}, 8),
     ('densenet121', {}, {'block_sizes': (1, 1), 'growth_rate': 4, 'init_features': 8}, 16),
+    ('mlp', {'depth': 2, 'width': 8, 'batch_norm': True, 'activation': 'tanh'}, {}, 4),
+    ('lenet5', {}, {}, 12),
 ]
+_NO_BATCH_NORM = ('simple_cnn', 'lenet5')
 
 
 def test_step_cases_cover_the_registry():
@@ -203,7 +219,7 @@ def test_train_step_evaluation_and_exact_fisher_trace(name, kwargs, overrides, s
   others = np.concatenate([images[:1], rng.normal(size=(3, side, side, 3))])  # Same example 0.
   labels = np.array([0, 1, 2, 1])
   variables = _random_variables(model, images.shape, seed=1, dtype=jnp.float64)
-  has_bn = name != 'simple_cnn'
+  has_bn = name not in _NO_BATCH_NORM
   assert ('batch_stats' in variables) == has_bn
   batch_stats = variables.get('batch_stats', {})
 
@@ -367,6 +383,10 @@ def test_bfloat16_logits_are_close_to_float32_logits():
     ('densenet', {'growth_rate': 0}, 'model.growth_rate', 'positive integer'),
     ('densenet121', {'depth': 121}, 'model.depth', "'dropout_rate'"),
     ('simple_cnn', {'dtype': 'float8'}, 'model.dtype', "'bfloat16'"),
+    ('mlp', {'depth': -1}, 'model.depth', 'non-negative integer'),
+    ('mlp', {'width': 0}, 'model.width', 'positive integer'),
+    ('mlp', {'activation': 'swish2'}, 'model.activation', "'relu'"),
+    ('mlp', {'batch_norm': 1}, 'model.batch_norm', 'True or False'),
 ])
 def test_invalid_model_config_is_one_sentence_naming_field_and_choices(name, kwargs, field,
                                                                       choices):

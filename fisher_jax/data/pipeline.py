@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import base
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
+from fisher_jax.data import fashion_mnist as fashion_mnist_lib  # (registers the TFDS builder)
 from fisher_jax.data import label_noise as label_noise_lib
 from fisher_jax.data import specs as specs_lib
 from fisher_jax.data import streaming
@@ -152,6 +153,8 @@ def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
+  if spec.prepare == specs_lib.PREPARE_LOCAL:
+    return _local_builder(spec, data_dir)
   manual_ready = (spec.prepare == specs_lib.PREPARE_MANUAL and spec.prepare_on_first_use
                   and all(os.path.exists(os.path.join(_manual_dir(builder), f))
                           for f in _manual_files(spec)))
@@ -171,6 +174,28 @@ def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None
         raise
     return tfds.builder(spec.tfds_name, data_dir=data_dir)
   raise DatasetNotPreparedError(missing_dataset_message(spec, builder))
+
+
+def _local_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str]):
+  """Our builder `spec.local_tfds_name`, prepared on first use from the original files found in
+  the manual directory, `data_dir` itself or one of `spec.source_dirs` (fashion_mnist)."""
+  builder = tfds.builder(spec.local_tfds_name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  searched = [_manual_dir(builder)] + ([data_dir] if data_dir else []) + list(spec.source_dirs)
+  source = fashion_mnist_lib.find_source_dir(searched)
+  if source is None:
+    raise DatasetNotPreparedError(fashion_mnist_lib.missing_message(
+        spec.name, str(builder.data_dir_root), searched))
+  config = tfds.download.DownloadConfig(manual_dir=source, try_download_gcs=False)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except fashion_mnist_lib.IdxFileError:
+    raise
+  except Exception:  # Another process may have prepared it concurrently.
+    if not tfds.builder(spec.local_tfds_name, data_dir=data_dir).is_prepared():
+      raise
+  return tfds.builder(spec.local_tfds_name, data_dir=data_dir)
 
 
 _CACHE_BYTES = 512 << 20  # decoded splits kept per process, so repeated runs skip decoding

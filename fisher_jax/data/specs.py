@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 PREPARE_AUTO = 'auto'        # built offline on first use (the embedded digits).
 PREPARE_MANUAL = 'manual'    # built from an archive the user places in the manual directory.
 PREPARE_DOWNLOAD = 'download'  # `tfds build` downloads it (a machine with network access).
+PREPARE_LOCAL = 'local'  # TFDS's builder if prepared, else ours from files in a local directory.
 
 _CIFAR10_MEAN = (125.31, 122.95, 113.87)   # 255 * (0.4914, 0.4822, 0.4465)
 _CIFAR10_STD = (62.99, 62.09, 66.70)       # 255 * (0.2470, 0.2435, 0.2616)
@@ -53,6 +54,10 @@ class DatasetSpec:
     prepare_on_first_use: for PREPARE_MANUAL, whether `make_input` prepares the dataset itself
       when the archive is in the manual directory (quick for TinyImageNet, not for ImageNet).
     homepage: where the data comes from (used in the missing-dataset message).
+    local_tfds_name: for PREPARE_LOCAL, our TFDS builder prepared offline on first use from the
+      original files, used when TFDS's own `tfds_name` is not prepared (fashion_mnist_idx).
+    source_dirs: for PREPARE_LOCAL, directories searched for the original files after the
+      manual directory and `dataset.data_dir` (a system package's install directory).
   """
   name: str
   tfds_name: str
@@ -71,6 +76,8 @@ class DatasetSpec:
   manual_file: Optional[str] = None
   prepare_on_first_use: bool = False
   homepage: str = ''
+  local_tfds_name: Optional[str] = None
+  source_dirs: Tuple[str, ...] = ()
 
 
 _REGISTRY: Dict[str, DatasetSpec] = {}
@@ -109,6 +116,12 @@ for _spec in (
         name='digits', tfds_name='sklearn_digits', num_classes=10, image_shape=(8, 8, 1),
         mean=(4.8842,), std=(6.0168,), crop_padding=1, flip=False, prepare=PREPARE_AUTO,
         homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset'),
+    DatasetSpec(  # mean/std: of the 60,000 training images.
+        name='fashion_mnist', tfds_name='fashion_mnist', num_classes=10,
+        image_shape=(28, 28, 1), mean=(72.94,), std=(90.02,), crop_padding=2,
+        prepare=PREPARE_LOCAL, local_tfds_name='fashion_mnist_idx',
+        source_dirs=('/usr/share/datasets/fashion-mnist',),
+        homepage='https://github.com/zalandoresearch/fashion-mnist'),
     DatasetSpec(
         name='cifar10', tfds_name='cifar10', num_classes=10, image_shape=(32, 32, 3),
         mean=_CIFAR10_MEAN, std=_CIFAR10_STD,

@@ -2,7 +2,8 @@
 
 Registered: simple_cnn, vgg11 (batch_norm=False|True), resnet18 and resnet50
 (stem='imagenet'|'cifar'), wide_resnet (depth, widen_factor, dropout_rate, stem_stride), densenet
-(CIFAR DenseNet-BC: depth, growth_rate, bottleneck, compression, dropout_rate) and densenet121.
+(CIFAR DenseNet-BC: depth, growth_rate, bottleneck, compression, dropout_rate), densenet121,
+mlp (depth, width, activation, batch_norm) and lenet5.
 Every one also takes `dtype` (computation dtype; 'bfloat16' on GPU/TPU; parameters stay float32).
 docs/models.md lists the kwargs and parameter counts.
 
@@ -23,6 +24,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fisher_jax.models.densenet import DenseNet, densenet, densenet121
+from fisher_jax.models.lenet import LeNet5
+from fisher_jax.models.mlp import MLP, mlp
 from fisher_jax.models.resnet import ResNet, resnet18, resnet50
 from fisher_jax.models.simple_cnn import SimpleCNN
 from fisher_jax.models.vgg import VGG, vgg11
@@ -41,6 +44,8 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     'wide_resnet': wide_resnet,
     'densenet': densenet,
     'densenet121': densenet121,
+    'mlp': mlp,
+    'lenet5': LeNet5,
 }
 
 

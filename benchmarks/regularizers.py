@@ -16,7 +16,7 @@ plain step's median:
 * `fp every_k=10 cond` (with `--cond`): the same, one compiled step choosing with `lax.cond` on
   the device (on CPU, XLA runs the convolutions inside a `lax.cond` branch several times slower,
   github.com/jax-ml/jax/issues/12868);
-* `fp_exact`, `gp`, `gpr`, `gpx` steps: recomputing steps as `fp step`.
+* `fp_per_example`, `gp`, `gpr`, `gpx` steps: recomputing steps as `fp step`.
 
   python benchmarks/regularizers.py [--rounds 5] [--batch_size 128]
 """
@@ -162,7 +162,7 @@ def main():
   if args.cond:
     add_steps('fp every_k=10 cond', *_make_penalty_steps(logits_fn, 'fp', 10, 'cond'),
               every_k=10, steps_per_call=10)
-  for name in ('fp_exact', 'gp', 'gpr', 'gpx'):
+  for name in ('fp_per_example', 'gp', 'gpr', 'gpx'):
     add_steps(f'{name} step', *_make_penalty_steps(logits_fn, name, 1, 'host'))
   if args.only:
     keep = ['plain SGD step'] + args.only.split(',')

@@ -1,10 +1,10 @@
-"""Experiment 9 -- the Fisher penalty recomputed every 10 steps vs every step, and the exact FP.
+"""Experiment 9 -- the Fisher penalty recomputed every 10 steps vs every step, and per-example FP.
 
 Variants at the small learning rate: 'fp_k10' (mini-batch FP, gradient recomputed every 10 steps
-and reused in between), 'fp_k1' (recomputed every step), 'fp_exact' (the per-example form
-(1/B) sum_i |grad CE(x_i, y_i~p)|^2 every step, strength divided by the batch size so it is
-comparable, see configs/recipes.py); baselines 'small_lr' and 'tuned_lr'. The figure is the
-validation accuracy and Tr(F) per epoch.
+and reused in between), 'fp_k1' (recomputed every step), 'fp_exact' (the per-example penalty
+`fp_per_example`, (1/B) sum_i |grad CE(x_i, y_i~p)|^2, every step, strength divided by the batch
+size so it is comparable, see configs/recipes.py; the variant keeps its old run name);
+baselines 'small_lr' and 'tuned_lr'. The figure is the validation accuracy and Tr(F) per epoch.
 
 Full scale (ours): SimpleCNN on CIFAR-10, lr 0.0316 vs 0.001, FP strength 0.1, 200 epochs.
 
@@ -33,6 +33,6 @@ def get_config(arg=None):
     recipes.set_penalty(config, 'fp')
     config.regularizer.every_k = 10 if variant == 'fp_k10' else 1
   elif variant == 'fp_exact':
-    recipes.set_penalty(config, 'fp_exact')
+    recipes.set_penalty(config, 'fp_per_example')
     config.regularizer.every_k = 1
   return config

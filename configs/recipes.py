@@ -174,8 +174,8 @@ def get_config(setting: str = 'cpu') -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = experiment.tuned_lr
   config.regularizer.every_k = 10  # Penalty gradients recomputed every 10 steps (published).
   # The per-example penalty (1/B) sum_i |g_i|^2 is about B times the mini-batch one |mean_i g_i|^2
-  # (Tr(F) against Tr(F_B)); dividing by B gives fp_exact a comparable strength.
-  experiment.strengths.fp_exact = experiment.strengths.fp / config.batch_size
+  # (Tr(F) against Tr(F_B)); dividing by B gives fp_per_example a comparable strength.
+  experiment.strengths.fp_per_example = experiment.strengths.fp / config.batch_size
   return config
 
 

@@ -4,17 +4,25 @@ With B examples in the (global) mini-batch, CE_i(y) = -log p_theta(y | x_i), sam
 y^_i ~ p_theta(. | x_i) and uniform random labels y~_i (both constants: no gradient flows
 through the sampling), the penalties of `config.regularizer.name` are
 
-| name       | penalty P(theta)                                  |
-| ---------- | ------------------------------------------------- |
-| `none`     | 0                                                 |
-| `fp`       | || (1/B) sum_i grad_theta CE_i(y^_i) ||^2         |
-| `fp_exact` | (1/B) sum_i || grad_theta CE_i(y^_i) ||^2         |
-| `gp`       | || (1/B) sum_i grad_theta CE_i(y_i) ||^2          |
-| `gpr`      | || (1/B) sum_i grad_theta CE_i(y~_i) ||^2         |
-| `gpx`      | (1/B) sum_i || grad_x CE_i(y_i) ||^2  (input gradient of example i) |
+| name             | penalty P(theta)                                  |
+| ---------------- | ------------------------------------------------- |
+| `none`           | 0                                                 |
+| `fp`             | || (1/B) sum_i grad_theta CE_i(y^_i) ||^2         |
+| `fp_per_example` | (1/B) sum_i || grad_theta CE_i(y^_i) ||^2         |
+| `gp`             | || (1/B) sum_i grad_theta CE_i(y_i) ||^2          |
+| `gpr`            | || (1/B) sum_i grad_theta CE_i(y~_i) ||^2         |
+| `gpx`            | (1/B) sum_i || grad_x CE_i(y_i) ||^2  (input gradient of example i) |
+
+The values are the curvature functions': `fp` is `curvature.batch_fisher_trace` and
+`fp_per_example` is `curvature.fisher_trace(estimator='sampled')` for the same inputs and rng.
+
+`fp_exact` is the deprecated name of `fp_per_example` (it warns once): the penalty is the
+per-example SAMPLED form, not the expectation over classes that `estimator='exact'` means.
 
 Sampled labels are `jax.random.categorical(rng, logits)` over the logits [B, C] of the whole
-global batch; random labels are `jax.random.randint(rng, (B,), 0, C)`.
+global batch; random labels are `jax.random.randint(rng, (B,), 0, C)`. Both, the mean-CE
+gradient, the device-varying cast and the global mean come from `fisher_jax.curvature._core`,
+which the curvature functions use too.
 
 Gradients are computed forward-over-reverse (`jax.linearize` of a gradient, then one
 Jacobian-vector product), never by reverse-mode through a gradient:
@@ -22,16 +30,17 @@ Jacobian-vector product), never by reverse-mode through a gradient:
 * `fp`, `gp`, `gpr`: g = grad L(theta) with L = (1/B) sum_i CE_i(labels) and the labels fixed;
   grad P = 2 H g with H the Hessian of L. `jax.linearize` returns g together with the linear map
   v -> H v, so g costs one forward and one backward pass, and H g one tangent pass.
-* `fp_exact`: grad P = (2/B) sum_i H_i g_i, per example (vmap) with g_i = grad_theta CE_i.
+* `fp_per_example`: grad P = (2/B) sum_i H_i g_i, per example (vmap) with g_i = grad_theta CE_i.
 * `gpx`: grad P = (2/B) sum_i (d^2 CE_i / d theta d x_i) u_i with u_i = grad_x CE_i: the
   derivative of grad_theta along the inputs in the direction u (linearize in x).
 
-Data parallelism. With `axis_name` given, the call runs inside `jax.shard_map` (or any mapped
-context) over that mesh axis, each device holding an equal slice of the global batch (in batch
-order: device d holds rows d*b .. d*b+b-1), and `rng` the same on every device. The value and
-the gradient are then those of the GLOBAL batch, identical on every device: g is `pmean`ed
-before the Hessian-vector product, per-example means are `pmean`ed, and sampled/random labels
-equal those one device would draw for the whole batch (logits are all-gathered for sampling).
+Data parallelism. Inside `jax.shard_map`, each device holds an equal slice of the global batch
+(in batch order: device d holds rows d*b .. d*b+b-1) split over the mesh axes `axis_name` names
+(None: every manual axis of the enclosing shard_map, the curvature functions' convention), and
+`rng` is the same on every device. The value and the gradient are then those of the GLOBAL
+batch, identical on every device: g is `pmean`ed before the Hessian-vector product,
+per-example means are `pmean`ed, and sampled/random labels equal those one device would draw
+for the whole batch (each device draws the global batch's noise and keeps its rows).
 
 How a training step uses this module (one device's view, inside `shard_map` over 'data'):
 
@@ -49,28 +58,33 @@ The transformation calls `penalty_fn(params)` only on the steps where the penalt
 `loss_and_penalty_grads` under its own `lax.cond` (see its docstring).
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
+import warnings
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
 from fisher_jax import losses
+from fisher_jax.curvature import _core
+from fisher_jax.curvature import fisher
 
-NAMES = ('none', 'fp', 'fp_exact', 'gp', 'gpr', 'gpx')
+NAMES = ('none', 'fp', 'fp_per_example', 'gp', 'gpr', 'gpx')
+# Old name -> name. 'fp_exact' was the per-example FP; 'exact' means the expectation over the
+# classes in `curvature.fisher_trace(estimator='exact')`, which this penalty is not.
+DEPRECATED_NAMES = {'fp_exact': 'fp_per_example'}
 # Penalties summed over per-example terms: their logits_fn must be per-example independent
 # (BatchNorm in eval mode); the others may use the training forward pass.
-PER_EXAMPLE = ('fp_exact', 'gpx')
+PER_EXAMPLE = ('fp_per_example', 'gpx')
 
-_SAMPLED = ('fp', 'fp_exact')
 _GRADIENT_NORM = ('fp', 'gp', 'gpr')
+_warned = set()
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
 class LossAndPenalty(NamedTuple):
-  """Result of `loss_and_penalty_grads` (global-batch values when `axis_name` is given).
+  """Result of `loss_and_penalty_grads` (global-batch values).
 
   Attributes:
     loss: [] mean cross-entropy with the true labels.
@@ -86,10 +100,23 @@ class LossAndPenalty(NamedTuple):
   penalty_grads: Any
 
 
-def validate_name(name: str) -> None:
-  """Raises a ValueError naming `regularizer.name` when `name` is not a regularizer."""
+def validate_name(name: str) -> str:
+  """The regularizer `name` stands for (a deprecated name warns once and maps to its new one).
+
+  Raises:
+    ValueError: naming `regularizer.name` when `name` is not a regularizer.
+  """
+  if name in DEPRECATED_NAMES:
+    new = DEPRECATED_NAMES[name]
+    if name not in _warned:
+      _warned.add(name)
+      warnings.warn(f'regularizer.name={name!r} is deprecated; it is the per-example Fisher '
+                    f'penalty, now named {new!r} (set regularizer.name={new!r}).',
+                    DeprecationWarning, stacklevel=2)
+    return new
   if name not in NAMES:
     raise ValueError(f'regularizer.name={name!r} is unknown; choose one of {list(NAMES)}.')
+  return name
 
 
 def _mean_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -97,128 +124,61 @@ def _mean_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return losses.cross_entropy(logits, labels).mean()
 
 
-def _pmean(tree, axis_name: Optional[str]):
-  return tree if axis_name is None else lax.pmean(tree, axis_name)
-
-
-def _as_varying(tree, axis_name: Optional[str]):
-  """Marks replicated arrays as device-varying along `axis_name` (no data movement).
-
-  Inside `shard_map` with `check_vma=True`, the gradient with respect to a replicated
-  (invariant) argument comes back already summed over the devices. Differentiating with
-  respect to a varying copy keeps every gradient local, so that the explicit `pmean`s below are
-  the only reductions, with or without `check_vma`.
-  """
-  if axis_name is None:
-    return tree
-
-  def cast(x):
-    aval = jax.typeof(x)
-    axis_type = getattr(aval, 'manual_axis_type', None)
-    varying = axis_type.varying if axis_type is not None else getattr(aval, 'vma', frozenset())
-    return x if axis_name in varying else lax.pcast(x, axis_name, to='varying')
-
-  return jax.tree.map(cast, tree)
-
-
-def _local_rows(x: jax.Array, axis_name: Optional[str], b: int) -> jax.Array:
-  """This device's rows [b, ...] of a global-batch array [B, ...]."""
-  if axis_name is None:
-    return x
-  return lax.dynamic_slice_in_dim(x, lax.axis_index(axis_name) * b, b)
-
-
-def _sampled_labels(rng, logits: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """y^ = categorical(rng, global logits [B, C]), this device's rows [b]; no gradient."""
-  b = logits.shape[0]
-  logits = lax.stop_gradient(logits)
-  if axis_name is not None:
-    logits = lax.all_gather(logits, axis_name, tiled=True)
-  return _local_rows(jax.random.categorical(rng, logits), axis_name, b)
-
-
-def _random_labels(rng, logits: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """y~ = randint(rng, (B,), 0, C), this device's rows [b]."""
-  b, num_classes = logits.shape
-  n = b if axis_name is None else b * lax.axis_size(axis_name)
-  return _local_rows(jax.random.randint(rng, (n,), 0, num_classes), axis_name, b)
-
-
-def _penalty_labels_fn(name: str, labels: jax.Array, rng, axis_name: Optional[str]):
-  """logits [b, C] -> the labels [b] the penalty `name` uses (constants)."""
-  if name in _SAMPLED or name == 'gpr':
+def _penalty_labels(name: str, labels: jax.Array, rng, axes):
+  """The labels [b] the penalty `name` uses: an array, or `logits [b, C] -> labels` (drawn)."""
+  if name in ('fp', 'fp_per_example', 'gpr'):
     if rng is None:
       raise ValueError(f'regularizer.name={name!r} draws labels at random and needs rng=; '
                        'pass a PRNG key (the same on every device).')
-    draw = _sampled_labels if name in _SAMPLED else _random_labels
-    return lambda logits: draw(rng, logits, axis_name)
-  return lambda logits: labels
+    draw = _core.random_labels if name == 'gpr' else _core.sampled_labels
+    return lambda logits: draw(rng, logits, axes)
+  return labels
 
 
-def _gradient_norm(name, logits_fn, params, inputs, labels, rng, axis_name, with_loss):
+def _loss_aux(logits, pullback, labels):
+  """(loss, loss_grads, logits) of this device's rows from a forward pass's pullback."""
+  (loss_grads,) = pullback(_core.mean_ce_cotangent(logits, labels))
+  return _mean_ce(logits, labels), loss_grads, logits
+
+
+def _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes, with_loss):
   """`fp`, `gp`, `gpr`: P = ||g||^2 and grad P = 2 H g, forward-over-reverse."""
-  penalty_labels = _penalty_labels_fn(name, labels, rng, axis_name)
+  penalty_labels = _penalty_labels(name, labels, rng, axes)
 
   def local_grad(p):
     # One forward pass; the loss gradient (true labels) and g pull back through it.
-    logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), p)
-    (g,) = pullback(jax.grad(_mean_ce)(logits, penalty_labels(logits)))
+    g, logits, pullback = _core.mean_ce_grad(logits_fn, p, inputs, penalty_labels)
     if not with_loss:
       return g, None
-    loss, loss_cotangent = jax.value_and_grad(_mean_ce)(logits, labels)
-    loss_grads = g if name == 'gp' else pullback(loss_cotangent)[0]
-    return g, (loss, loss_grads, logits)
+    if name == 'gp':
+      return g, (_mean_ce(logits, labels), g, logits)
+    return g, _loss_aux(logits, pullback, labels)
 
-  g_local, hvp_local, aux = jax.linearize(local_grad, _as_varying(params, axis_name),
+  g_local, hvp_local, aux = jax.linearize(local_grad, _core.as_varying(params, axes),
                                           has_aux=True)
-  g = _pmean(g_local, axis_name)
+  g = _core.global_mean(g_local, axes)
   value = optax.tree_utils.tree_vdot(g, g)
-  hg = _pmean(hvp_local(_as_varying(g, axis_name)), axis_name)
+  hg = _core.global_mean(hvp_local(_core.as_varying(g, axes)), axes)
   grads = jax.tree.map(lambda h: 2 * h, hg)
   return value, grads, aux
 
 
-def _gradient_norm_value(name, logits_fn, params, inputs, labels, rng, axis_name):
-  penalty_labels = _penalty_labels_fn(name, labels, rng, axis_name)
-  params = _as_varying(params, axis_name)
-  logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), params)
-  (g,) = pullback(jax.grad(_mean_ce)(logits, penalty_labels(logits)))
-  g = _pmean(g, axis_name)
-  return optax.tree_utils.tree_vdot(g, g)
-
-
-def _per_example_grad_fn(logits_fn, inputs_i, label_i):
-  """theta -> grad_theta CE(x_i, y_i) for one example (inputs_i without the batch axis)."""
-  return jax.grad(lambda p: _mean_ce(logits_fn(p, inputs_i[None]), label_i[None]))
-
-
-def _fp_exact(logits_fn, params, inputs, labels, rng, axis_name, with_loss):
+def _fp_per_example(logits_fn, params, inputs, labels, rng, axes, with_loss):
   """(1/B) sum_i ||g_i||^2 and its gradient (2/B) sum_i H_i g_i (vmap of linearize)."""
-  params = _as_varying(params, axis_name)
+  params = _core.as_varying(params, axes)
   logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), params)
-  sampled = _sampled_labels(rng, logits, axis_name)
+  sampled = _core.sampled_labels(rng, logits, axes)
 
   def per_example(inputs_i, label_i):
-    g_i, hvp_i = jax.linearize(_per_example_grad_fn(logits_fn, inputs_i, label_i), params)
+    g_i, hvp_i = jax.linearize(
+        lambda p: _core.mean_ce_grad(logits_fn, p, inputs_i[None], label_i[None])[0], params)
     return optax.tree_utils.tree_vdot(g_i, g_i), hvp_i(g_i)
 
   sq_norms, hg = jax.vmap(per_example)(inputs, sampled)
-  value = _pmean(sq_norms.mean(), axis_name)
-  grads = _pmean(jax.tree.map(lambda h: 2 * h.mean(0), hg), axis_name)
-  aux = None
-  if with_loss:
-    loss, loss_cotangent = jax.value_and_grad(_mean_ce)(logits, labels)
-    aux = (loss, pullback(loss_cotangent)[0], logits)
+  value = _core.global_mean(sq_norms.mean(), axes)
+  grads = _core.global_mean(jax.tree.map(lambda h: 2 * h.mean(0), hg), axes)
+  aux = _loss_aux(logits, pullback, labels) if with_loss else None
   return value, grads, aux
-
-
-def _fp_exact_value(logits_fn, params, inputs, labels, rng, axis_name):
-  del labels
-  params = _as_varying(params, axis_name)
-  sampled = _sampled_labels(rng, logits_fn(params, inputs), axis_name)
-  per_example = lambda x_i, y_i: optax.tree_utils.tree_norm(  # noqa: E731
-      _per_example_grad_fn(logits_fn, x_i, y_i)(params), squared=True)
-  return _pmean(jax.vmap(per_example)(inputs, sampled).mean(), axis_name)
 
 
 def _summed_ce(logits_fn, params, inputs, labels):
@@ -231,10 +191,10 @@ def _check_floating_inputs(inputs):
                      f'{inputs.dtype}; pass floating-point (normalized) inputs.')
 
 
-def _gpx(logits_fn, params, inputs, labels, axis_name, with_loss):
+def _gpx(logits_fn, params, inputs, labels, axes, with_loss):
   """(1/B) sum_i ||u_i||^2, u_i = grad_x CE_i, and its gradient (2/B) (d grad_theta/dx) u."""
   _check_floating_inputs(inputs)
-  params = _as_varying(params, axis_name)
+  params = _core.as_varying(params, axes)
   b = inputs.shape[0]
 
   def theta_grad(x):
@@ -249,80 +209,92 @@ def _gpx(logits_fn, params, inputs, labels, axis_name, with_loss):
 
   _, dtheta_grad_dx, (u, loss_sum, g_theta, logits) = jax.linearize(theta_grad, inputs,
                                                                     has_aux=True)
-  value = _pmean(jnp.sum(u * u) / b, axis_name)
-  grads = _pmean(jax.tree.map(lambda h: 2 * h / b, dtheta_grad_dx(u)), axis_name)
+  value = _core.global_mean(jnp.sum(u * u) / b, axes)
+  grads = _core.global_mean(jax.tree.map(lambda h: 2 * h / b, dtheta_grad_dx(u)), axes)
   aux = None
   if with_loss:
     aux = (loss_sum / b, jax.tree.map(lambda h: h / b, g_theta), logits)
   return value, grads, aux
 
 
-def _gpx_value(logits_fn, params, inputs, labels, axis_name):
+def _gpx_value(logits_fn, params, inputs, labels, axes):
   _check_floating_inputs(inputs)
-  params = _as_varying(params, axis_name)
+  params = _core.as_varying(params, axes)
   u = jax.grad(lambda x: _summed_ce(logits_fn, params, x, labels))(inputs)
-  return _pmean(jnp.sum(u * u) / inputs.shape[0], axis_name)
+  return _core.global_mean(jnp.sum(u * u) / inputs.shape[0], axes)
+
+
+def _zero(params):
+  return jnp.zeros([], jnp.result_type(*jax.tree.leaves(params)))
 
 
 def _value_grads_aux(name, logits_fn, params, inputs, labels, rng, axis_name, with_loss):
-  validate_name(name)
+  name = validate_name(name)
+  axes = _core.batch_axes(axis_name)
+  if name in _GRADIENT_NORM or name == 'fp_per_example':
+    _penalty_labels(name, labels, rng, axes)  # Checks rng.
   if name in _GRADIENT_NORM:
-    return _gradient_norm(name, logits_fn, params, inputs, labels, rng, axis_name, with_loss)
-  if name == 'fp_exact':
-    _penalty_labels_fn(name, labels, rng, axis_name)  # Checks rng.
-    return _fp_exact(logits_fn, params, inputs, labels, rng, axis_name, with_loss)
+    return _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes, with_loss)
+  if name == 'fp_per_example':
+    return _fp_per_example(logits_fn, params, inputs, labels, rng, axes, with_loss)
   if name == 'gpx':
-    return _gpx(logits_fn, params, inputs, labels, axis_name, with_loss)
+    return _gpx(logits_fn, params, inputs, labels, axes, with_loss)
   # 'none'
   aux = None
   if with_loss:
-    logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), _as_varying(params, axis_name))
-    loss, loss_cotangent = jax.value_and_grad(_mean_ce)(logits, labels)
-    aux = (loss, pullback(loss_cotangent)[0], logits)
-  dtype = jnp.result_type(*jax.tree.leaves(params))
-  return jnp.zeros([], dtype), jax.tree.map(jnp.zeros_like, params), aux
+    logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), _core.as_varying(params, axes))
+    aux = _loss_aux(logits, pullback, labels)
+  return _zero(params), jax.tree.map(jnp.zeros_like, params), aux
 
 
 def penalty(name: str, logits_fn: LogitsFn, params, inputs: jax.Array, labels: jax.Array, *,
-            rng=None, axis_name: Optional[str] = None) -> jax.Array:
+            rng=None, axis_name: _core.AxisName = None) -> jax.Array:
   """The penalty value P(theta) of the regularizer `name` (see the module table).
 
+  The values are the curvature functions': 'fp' is `curvature.batch_fisher_trace`,
+  'fp_per_example' is `curvature.fisher_trace(estimator='sampled')` (same params, inputs and
+  rng), 'gp' and 'gpr' the squared norm of the mean gradient at true and random labels.
   Differentiable with `jax.grad` (reverse-over-reverse; `penalty_and_grad` is the efficient way
   to get the gradient).
 
   Args:
-    name: one of `NAMES`.
+    name: one of `NAMES` (or a deprecated name of `DEPRECATED_NAMES`).
     logits_fn: `(params, inputs [b, ...]) -> logits [b, C]`, per-example independent.
     params: the parameters (any pytree).
     inputs: [b, ...] this device's inputs (floating point for 'gpx').
     labels: [b] int true labels (used by 'gp' and 'gpx').
-    rng: PRNG key for the sampled ('fp', 'fp_exact') or random ('gpr') labels; the same key on
-      every device.
-    axis_name: the mapped mesh axis holding the batch shards, or None on one device.
+    rng: PRNG key for the sampled ('fp', 'fp_per_example') or random ('gpr') labels; the same
+      key on every device.
+    axis_name: inside `jax.shard_map`, the mesh axis (or axes) holding the batch shards;
+      None: every manual axis of the enclosing shard_map (none outside one).
 
   Returns:
     [] the penalty of the global batch.
   """
-  validate_name(name)
+  name = validate_name(name)
+  axes = _core.batch_axes(axis_name)
+  labels_arg = _penalty_labels(name, labels, rng, axes)
+  if name == 'fp':
+    return fisher.batch_fisher_trace(logits_fn, params, inputs, rng=rng, axis_name=axes)
+  if name == 'fp_per_example':
+    return fisher.fisher_trace(logits_fn, params, inputs, estimator='sampled', rng=rng,
+                               axis_name=axes)
   if name in _GRADIENT_NORM:
-    return _gradient_norm_value(name, logits_fn, params, inputs, labels, rng, axis_name)
-  if name == 'fp_exact':
-    _penalty_labels_fn(name, labels, rng, axis_name)  # Checks rng.
-    return _fp_exact_value(logits_fn, params, inputs, labels, rng, axis_name)
+    return fisher.batch_grad_sq_norm(logits_fn, params, inputs, labels_arg, axis_name=axes)
   if name == 'gpx':
-    return _gpx_value(logits_fn, params, inputs, labels, axis_name)
-  return jnp.zeros([], jnp.result_type(*jax.tree.leaves(params)))
+    return _gpx_value(logits_fn, params, inputs, labels, axes)
+  return _zero(params)
 
 
 def penalty_and_grad(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
-                     labels: jax.Array, *, rng=None, axis_name: Optional[str] = None):
+                     labels: jax.Array, *, rng=None, axis_name: _core.AxisName = None):
   """The penalty value and its gradient, forward-over-reverse.
 
   Same arguments as `penalty`.
 
   Returns:
     `(value [], grads)` with `grads = grad_theta P` shaped like `params`; global-batch values,
-    identical on every device when `axis_name` is given.
+    identical on every device.
   """
   value, grads, _ = _value_grads_aux(name, logits_fn, params, inputs, labels, rng, axis_name,
                                      with_loss=False)
@@ -330,17 +302,17 @@ def penalty_and_grad(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
 
 
 def make_penalty_fn(name: str, logits_fn: LogitsFn, inputs: jax.Array, labels: jax.Array, *,
-                    rng=None, axis_name: Optional[str] = None):
+                    rng=None, axis_name: _core.AxisName = None):
   """`params -> (value, grads)` of `penalty_and_grad` for this batch: the `penalty_fn` argument
   of `optim.add_penalty_gradient`'s update."""
-  validate_name(name)
+  name = validate_name(name)
   return lambda params: penalty_and_grad(name, logits_fn, params, inputs, labels, rng=rng,
                                          axis_name=axis_name)
 
 
 def loss_and_penalty_grads(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
                            labels: jax.Array, *, rng=None,
-                           axis_name: Optional[str] = None) -> LossAndPenalty:
+                           axis_name: _core.AxisName = None) -> LossAndPenalty:
   """The mean cross-entropy gradient and the penalty gradient sharing one forward pass.
 
   The logits are computed once; the loss gradient and the penalty's label gradient are two
@@ -364,5 +336,5 @@ def loss_and_penalty_grads(name: str, logits_fn: LogitsFn, params, inputs: jax.A
   """
   value, grads, (loss, loss_grads, logits) = _value_grads_aux(
       name, logits_fn, params, inputs, labels, rng, axis_name, with_loss=True)
-  loss, loss_grads = _pmean((loss, loss_grads), axis_name)
+  loss, loss_grads = _core.global_mean((loss, loss_grads), _core.batch_axes(axis_name))
   return LossAndPenalty(loss, loss_grads, logits, value, grads)

@@ -61,7 +61,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       (`optim.make_optimizer` does), which receives `penalty_fn` as an extra argument.
     regularizer: `config.regularizer.name`. Batch-level penalties (fp, gp, gpr) use the
       training forward pass (BatchNorm with batch statistics); the per-example ones
-      (`regularizers.PER_EXAMPLE`: fp_exact, gpx) use eval-mode logits, which are per-example
+      (`regularizers.PER_EXAMPLE`: fp_per_example, gpx) use eval-mode logits, which are per-example
       independent. The penalty is that of the global batch (see `regularizers`).
     recompute_penalty: who decides whether a step recomputes the penalty (see
       `optim.add_penalty_gradient`). None: the device, with `lax.cond`, one step for all.
@@ -72,7 +72,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
   and 'penalty' (the latest penalty value) when a regularizer is configured.
   """
-  regularizers.validate_name(regularizer)
+  regularizer = regularizers.validate_name(regularizer)
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)

@@ -81,7 +81,7 @@ def test_sweeps_vary_what_their_experiment_is_about():
   every_k = {c.experiment.variant: (c.regularizer.name, c.regularizer.every_k)
              for c in configs('fp_every_k')}
   assert every_k['fp_k10'] == ('fp', 10) and every_k['fp_k1'] == ('fp', 1)
-  assert every_k['fp_exact'] == ('fp_exact', 1)
+  assert every_k['fp_exact'] == ('fp_per_example', 1)
   assert all(c.measure.hessian_every_epochs == 1 for c in configs('hessian_trace'))
   assert all(c.measure.every_steps == 1 and c.log_every_steps == 1 for c in configs('per_step'))
 

@@ -1,6 +1,7 @@
 """Regularizers against dense brute-force references in float64, and on 8 devices vs 1."""
 
 import functools
+import warnings
 
 import flax.linen as nn
 import jax
@@ -10,9 +11,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 import pytest
 
+from fisher_jax import curvature
 from fisher_jax import regularizers
 
-NAMES = ('fp', 'fp_exact', 'gp', 'gpr', 'gpx')
+NAMES = ('fp', 'fp_per_example', 'gp', 'gpr', 'gpx')
 NUM_CLASSES = 3
 
 # The programs here are tiny: compile them with the cheap XLA CPU pipeline (halves test time).
@@ -47,7 +49,7 @@ def _problem(batch=16):
 def _dense_penalty(name, logits_fn, flat, unravel, inputs, labels, rng):
   """The penalty from full Jacobians: per-example grads J_i^T (p_i - e_y), input Jacobians."""
   logits = logits_fn(unravel(flat), inputs)
-  if name in ('fp', 'fp_exact'):
+  if name in ('fp', 'fp_per_example'):
     labels = jax.random.categorical(rng, jax.lax.stop_gradient(logits))
   elif name == 'gpr':
     labels = jax.random.randint(rng, labels.shape, 0, NUM_CLASSES)
@@ -58,7 +60,7 @@ def _dense_penalty(name, logits_fn, flat, unravel, inputs, labels, rng):
     return jnp.mean(jnp.sum(input_grads.reshape(len(inputs), -1) ** 2, axis=1))
   jac = jax.jacrev(lambda f: logits_fn(unravel(f), inputs))(flat)  # [B, C, P]
   per_example = jnp.einsum('bc,bcp->bp', residual, jac)  # [B, P]
-  if name == 'fp_exact':
+  if name == 'fp_per_example':
     return jnp.mean(jnp.sum(per_example ** 2, axis=1))
   mean_grad = per_example.mean(0)
   return mean_grad @ mean_grad
@@ -156,7 +158,7 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
 
   # 'gp' is fp's code path without the sampling; it is left out to keep the test short.
-  sharded_names = ('fp', 'fp_exact', 'gpr', 'gpx')
+  sharded_names = ('fp', 'fp_per_example', 'gpr', 'gpx')
 
   def all_penalties(params, inputs, labels, rng, axis_name=None, names=sharded_names):
     out = {n: regularizers.penalty_and_grad(n, logits_fn, params, inputs, labels, rng=rng,
@@ -179,6 +181,55 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
     for key in sharded:
       for a, b in zip(jax.tree.leaves(sharded[key]), jax.tree.leaves(single[key])):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14, err_msg=key)
+
+
+def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devices(x64):
+  """penalty('fp') is batch_fisher_trace and penalty('fp_per_example') is
+  fisher_trace(estimator='sampled') for the same (params, inputs, rng): on one device, and
+  inside shard_map over 8 devices (2 examples each), where both equal the one-device values."""
+  logits_fn, params, inputs, labels = _problem()
+  rng = jax.random.key(13)
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+
+  def both(params, inputs, labels, rng, axis_name=None):
+    return {
+        'fp': regularizers.penalty('fp', logits_fn, params, inputs, labels, rng=rng,
+                                   axis_name=axis_name),
+        'fp/grad': regularizers.penalty_and_grad('fp', logits_fn, params, inputs, labels,
+                                                 rng=rng, axis_name=axis_name)[0],
+        'batch_fisher_trace': curvature.batch_fisher_trace(logits_fn, params, inputs, rng=rng),
+        'fp_per_example': regularizers.penalty('fp_per_example', logits_fn, params, inputs,
+                                               labels, rng=rng, axis_name=axis_name),
+        'fp_per_example/grad': regularizers.penalty_and_grad(
+            'fp_per_example', logits_fn, params, inputs, labels, rng=rng,
+            axis_name=axis_name)[0],
+        'fisher_trace': curvature.fisher_trace(logits_fn, params, inputs, estimator='sampled',
+                                               rng=rng),
+    }
+
+  single = _jit(both)(params, inputs, labels, rng)
+  sharded = _jit(jax.shard_map(lambda *a: both(*a, axis_name='data'), mesh=mesh,
+                               in_specs=(P(), P('data'), P('data'), P()), out_specs=P()))(
+                                   params, inputs, labels, rng)
+  assert float(single['fp']) > 1e-4 and float(single['fp_per_example']) > 1e-4
+  for values in (single, sharded):
+    for penalty, reference in (('fp', 'batch_fisher_trace'), ('fp_per_example', 'fisher_trace')):
+      for key in (penalty, penalty + '/grad'):
+        np.testing.assert_allclose(values[key], values[reference], rtol=1e-12, err_msg=key)
+      np.testing.assert_allclose(values[reference], single[reference], rtol=1e-10)
+
+
+def test_fp_exact_is_a_deprecated_alias_of_fp_per_example_that_warns_once(x64):
+  logits_fn, params, inputs, labels = _problem()
+  rng = jax.random.key(1)
+  regularizers._warned.clear()  # pylint: disable=protected-access
+  with pytest.warns(DeprecationWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):
+    old = regularizers.penalty('fp_exact', logits_fn, params, inputs, labels, rng=rng)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # The second use does not warn again.
+    assert regularizers.validate_name('fp_exact') == 'fp_per_example'
+  new = regularizers.penalty('fp_per_example', logits_fn, params, inputs, labels, rng=rng)
+  np.testing.assert_allclose(old, new, rtol=1e-12)
 
 
 def test_fisher_penalty_keeps_the_early_fisher_trace_low_on_digits(default_config, tmp_path):

@@ -11,6 +11,8 @@ matching normalization constants.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fisher_jax.data import builder_info
+
 NUM_TEST = 360
 SPLIT_SEED = 0
 
@@ -28,16 +30,9 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {'1.0.0': 'Seeded 1437/360 train/test split of sklearn.datasets.load_digits.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 1), encoding_format='png'),
-            'label': tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset',
-    )
+    return builder_info.image_classification_info(
+        self, description=__doc__, image_shape=(8, 8, 1), num_classes=10,
+        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset')
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the data comes with scikit-learn.

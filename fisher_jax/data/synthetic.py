@@ -15,6 +15,7 @@ from typing import Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fisher_jax.data import builder_info
 from fisher_jax.data import specs as specs_lib
 
 _SPLIT_IDS = {'train': 1, 'test': 2}
@@ -45,15 +46,8 @@ class SyntheticImages(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=cfg.image_shape, encoding_format='png'),
-            'label': tfds.features.ClassLabel(num_classes=cfg.num_classes),
-        }),
-        supervised_keys=('image', 'label'),
-    )
+    return builder_info.image_classification_info(
+        self, description=__doc__, image_shape=cfg.image_shape, num_classes=cfg.num_classes)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline.

@@ -16,6 +16,8 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
+from fisher_jax.data import builder_info
+
 ARCHIVE = 'tiny-imagenet-200.zip'
 _ROOT = 'tiny-imagenet-200/'
 NUM_CLASSES = 200
@@ -31,17 +33,10 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
       '(by default <data_dir>/downloads/manual/).')
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(64, 64, 3), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            'file_name': tfds.features.Text(),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.kaggle.com/c/tiny-imagenet',
-    )
+    return builder_info.image_classification_info(
+        self, description=__doc__, image_shape=(64, 64, 3), num_classes=NUM_CLASSES,
+        encoding_format='jpeg', homepage='https://www.kaggle.com/c/tiny-imagenet',
+        extra_features={'file_name': tfds.features.Text()})
 
   def _split_generators(self, dl_manager):
     path = os.path.join(str(dl_manager.manual_dir), ARCHIVE)

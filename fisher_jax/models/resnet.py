@@ -18,56 +18,56 @@ from fisher_jax.models import layers
 STEMS = ('imagenet', 'cifar')
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs and a residual connection (ResNet-18/34).
+def _conv_bn(x, features: int, kernel: int, strides: int, train: bool, dtype):
+  """A bias-free k x k conv (He fan-out init, 'same' padding) followed by BatchNorm."""
+  conv = nn.Conv(features, (kernel, kernel), strides=strides, padding=kernel // 2,
+                 use_bias=False, kernel_init=layers.CONV_INIT_FAN_OUT, dtype=dtype)
+  return layers.batch_norm(train, dtype)(conv(x))
+
+
+def _add_shortcut(x, y, strides: int, train: bool, dtype):
+  """relu(shortcut(x) + y): identity, or a strided 1x1 conv + BatchNorm when shapes differ."""
+  if x.shape[-1] != y.shape[-1] or strides != 1:
+    x = _conv_bn(x, y.shape[-1], 1, strides, train, dtype)
+  return nn.relu(x + y)
+
+
+class _Block(nn.Module):
+  """A residual block's fields.
 
   Attributes:
-    features: output channels.
-    strides: stride of the first conv (2 downsamples).
+    features: channels of the block's convs (the output has `expansion` times as many).
+    strides: stride of the downsampling conv (2 downsamples).
     dtype: computation dtype.
   """
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (the first strided) and a residual connection (ResNet-18/34)."""
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     """[B, H, W, C_in] -> [B, H / strides, W / strides, features]."""
-    conv = lambda f, k, s: nn.Conv(f, (k, k), strides=s, padding=k // 2, use_bias=False,
-                                   kernel_init=layers.CONV_INIT_FAN_OUT, dtype=self.dtype)
-    y = nn.relu(layers.batch_norm(train, self.dtype)(conv(self.features, 3, self.strides)(x)))
-    y = layers.batch_norm(train, self.dtype)(conv(self.features, 3, 1)(y))
-    if x.shape[-1] != self.features or self.strides != 1:
-      x = layers.batch_norm(train, self.dtype)(conv(self.features, 1, self.strides)(x))
-    return nn.relu(x + y)
+    y = nn.relu(_conv_bn(x, self.features, 3, self.strides, train, self.dtype))
+    y = _conv_bn(y, self.features, 3, 1, train, self.dtype)
+    return _add_shortcut(x, y, self.strides, train, self.dtype)
 
 
-class BottleneckBlock(nn.Module):
-  """1x1 reduce, 3x3 (strided), 1x1 expand by 4, and a residual connection (ResNet-50+).
-
-  Attributes:
-    features: channels of the 3x3 conv; the block outputs 4 * features.
-    strides: stride of the 3x3 conv (2 downsamples).
-    dtype: computation dtype.
-  """
-  features: int
-  strides: int = 1
-  dtype: Any = jnp.float32
+class BottleneckBlock(_Block):
+  """1x1 reduce, 3x3 (strided), 1x1 expand by 4, and a residual connection (ResNet-50+)."""
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
     """[B, H, W, C_in] -> [B, H / strides, W / strides, 4 * features]."""
-    conv = lambda f, k, s: nn.Conv(f, (k, k), strides=s, padding=k // 2, use_bias=False,
-                                   kernel_init=layers.CONV_INIT_FAN_OUT, dtype=self.dtype)
-    out = self.features * self.expansion
-    y = nn.relu(layers.batch_norm(train, self.dtype)(conv(self.features, 1, 1)(x)))
-    y = nn.relu(layers.batch_norm(train, self.dtype)(conv(self.features, 3, self.strides)(y)))
-    y = layers.batch_norm(train, self.dtype)(conv(out, 1, 1)(y))
-    if x.shape[-1] != out or self.strides != 1:
-      x = layers.batch_norm(train, self.dtype)(conv(out, 1, self.strides)(x))
-    return nn.relu(x + y)
+    y = nn.relu(_conv_bn(x, self.features, 1, 1, train, self.dtype))
+    y = nn.relu(_conv_bn(y, self.features, 3, self.strides, train, self.dtype))
+    y = _conv_bn(y, self.features * self.expansion, 1, 1, train, self.dtype)
+    return _add_shortcut(x, y, self.strides, train, self.dtype)
 
 
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}

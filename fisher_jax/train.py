@@ -9,7 +9,7 @@ layout and the metric names.
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 from clu import periodic_actions
@@ -183,7 +183,8 @@ def _every(epoch: int, every: int, is_last: bool) -> bool:
   return is_last or bool(every and epoch % every == 0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_epoch: Optional[Callable[[int], bool]] = None) -> Dict[str, float]:
   """Trains and evaluates the model of `config`, logging to and checkpointing in `workdir`.
 
   Starting again with the same config and workdir resumes from the latest checkpoint (optimizer
@@ -192,6 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Args:
     config: the experiment config (see configs/default.py for the fields).
     workdir: the run's directory: config.json, metrics.jsonl, TensorBoard events, checkpoints/.
+    on_epoch: called with the epoch number after each epoch's metrics are in metrics.jsonl and
+      its checkpoint (if due) is saved; returning True ends the run there, resumable like any
+      run (a hyperparameter search stopping a trial: experiments/tune.py).
 
   Returns:
     The last logged value of every metric.
@@ -287,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       latest.update(record)
     if epoch_end and _every(epoch, config.checkpoint_every_epochs, is_last):
       ckpt.save(step, state)
+    if epoch_end and on_epoch is not None and on_epoch(epoch):
+      break
 
   ckpt.close()
   writer.flush()

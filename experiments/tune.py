@@ -1,0 +1,515 @@
+"""Hyperparameter search on Optuna: each trial one ordinary fisher_jax run in its own workdir.
+
+  python -m experiments.tune --config configs/default.py --space lr --study lr8 --trials 8 \
+      [--pruner fisher|median|none] [--root DIR] [--storage URL] [--config.num_epochs=6 ...]
+
+Needs the `tune` extra (optuna). The study lives in `--storage`: by default the journal file
+ROOT/study.journal next to its runs (ROOT defaults to runs/tune/STUDY); a database URL
+(postgresql://..., mysql://..., sqlite:///...) shares it across machines. Start the same command
+in several processes or on several machines: they share the study's trials, which run in
+ROOT/trial_NNNN/ (an ordinary run directory: config.json, metrics.jsonl, checkpoints/). Each
+process runs trials until the study holds `--trials` trials that did not fail.
+
+A trial is `fisher_jax.train.train_and_evaluate` of CONFIG (with the `--config.*` overrides
+given here) and the overrides of the search space `--space` (configs/spaces.py). After every
+epoch its validation accuracy is reported to Optuna (`trial.report(val/accuracy, epoch)`) and its
+per-epoch curves (Tr(F), training and validation accuracy) are stored as the trial's user
+attribute `metrics` (what `FisherExplosionPruner` reads); the pruner may then stop it. The
+objective is the run's best validation accuracy; the test accuracy at that epoch is stored as
+the user attribute `test_accuracy` and reported, never used to select.
+
+Trial states: COMPLETE (ran to the end), PRUNED (stopped by the pruner, or diverged: user
+attribute `diverged`), FAIL (the worker running it died, see below; or the trial was created
+after the study was full by two processes asking at once: user attribute `surplus`, nothing
+ran). A run that fails (a bad override, an error) stops the process with its message.
+
+A worker killed mid-trial: its trial is marked FAIL and retried (Optuna's
+RetryHeartbeatStaleTrialCallback: a new trial with the same parameters, up to --max_retry times),
+and the retry resumes the failed trial's workdir from its latest checkpoint. On a database the
+dead worker is found by Optuna's heartbeat (--heartbeat_interval, --grace_period). The journal
+file has no heartbeat: each worker holds an advisory lock on ROOT/locks/trial_N.lock while it
+runs trial N, and any worker (at its start and after each trial) fails the RUNNING trials whose
+lock is free (its holder is dead). See docs/tuning.md.
+"""
+
+import contextlib
+import copy
+import fcntl
+import json
+import math
+import os
+import shlex
+import socket
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+import warnings
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+PRUNERS = ('fisher', 'median', 'none')
+SAMPLERS = ('tpe', 'random')
+JOURNAL_FILE = 'study.journal'
+LOCK_DIR = 'locks'
+# Trials that count toward --trials (FAIL ones do not: they are retried or never ran).
+_COUNTED = ('COMPLETE', 'PRUNED', 'RUNNING', 'WAITING')
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (as for fisher_jax.main).',
+                                lock_config=True)
+flags.DEFINE_string('space', None, 'Search space: a name in configs/spaces.py.')
+flags.DEFINE_string('study', None, 'Study name (created, or joined when it exists).')
+flags.DEFINE_integer('trials', None, 'Trials of the study in total (over all its processes).')
+flags.DEFINE_string('root', None, "The study's runs: ROOT/trial_NNNN/ (default runs/tune/STUDY).")
+flags.DEFINE_string('storage', None, 'Optuna storage: a journal file path (default '
+                    'ROOT/study.journal) or a database URL (postgresql://, mysql://, sqlite:///).')
+flags.DEFINE_enum('pruner', 'fisher', PRUNERS, 'fisher: FisherExplosionPruner on the early '
+                  'Tr(F); median: Optuna\'s MedianPruner on validation accuracy; none.')
+flags.DEFINE_integer('warmup_epochs', 1, 'No pruning before this many epochs (both pruners).')
+flags.DEFINE_integer('min_trials', 3, 'No pruning before this many trials are complete.')
+flags.DEFINE_float('fisher_factor', 2.0, 'FisherExplosionPruner: prune above this multiple of '
+                   'the good complete trials\' largest early Tr(F).')
+flags.DEFINE_float('fisher_top_fraction', 0.5, 'FisherExplosionPruner: the best share of the '
+                   'complete trials that count as good.')
+flags.DEFINE_enum('sampler', 'tpe', SAMPLERS, 'Optuna sampler.')
+flags.DEFINE_integer('seed', None, "The sampler's seed (give each process its own, or none).")
+flags.DEFINE_integer('max_retry', 3, 'Times a trial whose worker died is retried.')
+flags.DEFINE_integer('heartbeat_interval', 10, 'Database storages: seconds between heartbeats.')
+flags.DEFINE_integer('grace_period', 60, 'Seconds without a heartbeat (database) or without a '
+                     'lock file (journal) after which a running trial counts as abandoned.')
+flags.DEFINE_bool('verbose', False, "Show the runs' own log lines.")
+
+
+class TrialError(Exception):
+  """A trial's run failed (bad config, error): the search stops with its message."""
+
+
+class _Surplus(Exception):
+  """The trial was created after the study was full; it runs nothing."""
+
+
+def default_root(study: str) -> str:
+  return os.path.join('runs', 'tune', study)
+
+
+def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 60,
+                 max_retry: int = 3):
+  """The Optuna storage of `url`: a database URL (with heartbeat) or a journal file path."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  retry = _retry_callback(max_retry)
+  if '://' in url:
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                      grace_period=grace_period,
+                                      heartbeat_stale_trial_callback=retry)
+  os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+  return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+
+
+def _retry_callback(max_retry: int):
+  import optuna  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def make_pruner(name: str, *, warmup_epochs: int = 1, min_trials: int = 3,
+                fisher_factor: float = 2.0, fisher_top_fraction: float = 0.5):
+  """The pruner called `name` (see PRUNERS), with the same warm-up and minimum of trials."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  if name == 'fisher':
+    from fisher_jax import pruners  # pylint: disable=g-import-not-at-top
+    return pruners.FisherExplosionPruner(factor=fisher_factor, warmup_epochs=warmup_epochs,
+                                         min_completed_trials=min_trials,
+                                         top_fraction=fisher_top_fraction)
+  if name == 'median':
+    return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=warmup_epochs)
+  if name == 'none':
+    return optuna.pruners.NopPruner()
+  raise ValueError(f'--pruner={name!r} is unknown; choose one of {list(PRUNERS)}.')
+
+
+def make_sampler(name: str, seed: Optional[int]):
+  import optuna  # pylint: disable=g-import-not-at-top
+  if name == 'tpe':
+    return optuna.samplers.TPESampler(seed=seed)
+  if name == 'random':
+    return optuna.samplers.RandomSampler(seed=seed)
+  raise ValueError(f'--sampler={name!r} is unknown; choose one of {list(SAMPLERS)}.')
+
+
+def with_overrides(config, overrides: Dict[str, Any], what: str = 'the search space'):
+  """A copy of `config` with dotted `overrides` set (type-checked by ml_collections).
+
+  Raises:
+    ValueError: an override names a field the config does not define, or has the wrong type.
+  """
+  config = copy.deepcopy(config)
+  for field, value in overrides.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for key in parents + [leaf]:
+      if not hasattr(node, 'keys') or key not in node:
+        raise ValueError(f'{what} sets {field!r}, a field the config does not define; '
+                         'remove it from the space or use a config that has it.')
+      if key != leaf:
+        node = node[key]
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as error:
+      raise ValueError(f'{what} sets {field!r} to {value!r}: {error}') from error
+  return config
+
+
+# --- Abandoned trials on the journal file (no heartbeat there). -------------------------------
+
+
+def _lock_path(root: str, number: int) -> str:
+  return os.path.join(root, LOCK_DIR, f'trial_{number}.lock')
+
+
+@contextlib.contextmanager
+def _try_lock(path: str):
+  """Yields whether this process got the exclusive advisory lock on `path` (released after)."""
+  with open(path, 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _TrialLock:
+  """The lock a worker holds on ROOT/locks/trial_N.lock while it runs trial N."""
+
+  def __init__(self, root: str):
+    self._root = root
+    self._file = None
+
+  def acquire(self, number: int):
+    self.release()
+    os.makedirs(os.path.join(self._root, LOCK_DIR), exist_ok=True)
+    self._file = open(_lock_path(self._root, number), 'a')
+    # Blocking: a worker checking for abandoned trials holds it for a moment at most.
+    fcntl.flock(self._file, fcntl.LOCK_EX)
+
+  def release(self):
+    if self._file is not None:
+      self._file.close()  # Closing drops the lock.
+      self._file = None
+
+
+def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int) -> List[int]:
+  """Fails the study's RUNNING trials whose worker died, and enqueues their retries.
+
+  A trial is abandoned when its lock file exists and no process holds its lock, or when it
+  has run for more than `grace_period` seconds without a lock file (its worker died before it
+  took the lock). For the journal storage; databases have Optuna's heartbeat.
+
+  Returns:
+    The numbers of the trials failed here (another worker may fail some first).
+  """
+  import optuna  # pylint: disable=g-import-not-at-top
+  failed = []
+  retry = _retry_callback(max_retry)
+  now = time.time()
+  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    path = _lock_path(root, trial.number)
+    if os.path.exists(path):
+      with _try_lock(path) as free:
+        abandoned = free
+    else:
+      started = trial.datetime_start.timestamp() if trial.datetime_start else now
+      abandoned = now - started > grace_period
+    if not abandoned:
+      continue
+    try:
+      study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+      continue  # Finished meanwhile, or failed by another worker.
+    failed.append(trial.number)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      retry(study, study.get_trials(deepcopy=False)[trial.number])
+  return failed
+
+
+# --- Trials. --------------------------------------------------------------------------------------
+
+
+def counted_trials(study) -> int:
+  """Trials that count toward the study's budget (all but FAIL)."""
+  return sum(t.state.name in _COUNTED for t in study.get_trials(deepcopy=False))
+
+
+class _EpochReporter:
+  """The `on_epoch` of a trial's run: reports each new epoch from metrics.jsonl, asks to prune."""
+
+  def __init__(self, trial, workdir: str, config: Dict[str, Any]):
+    self._trial = trial
+    self._workdir = workdir
+    self._config = config
+    self._reported = set()
+    self.pruned_at: Optional[int] = None
+    self.trained: List[int] = []  # The epochs trained by this attempt.
+
+  def report(self):
+    """Stores the curves and reports the validation accuracy of the epochs not reported yet."""
+    from fisher_jax import analysis  # pylint: disable=g-import-not-at-top
+    from fisher_jax import pruners  # pylint: disable=g-import-not-at-top
+    frame = analysis.read_metrics(self._workdir)
+    pruners.record_metrics(self._trial, frame, self._config)
+    if 'val/accuracy' not in frame:
+      return frame
+    for epoch, value in frame[['epoch', 'val/accuracy']].dropna().itertuples(index=False):
+      if float(epoch).is_integer() and int(epoch) not in self._reported:
+        self._trial.report(float(value), int(epoch))
+        self._reported.add(int(epoch))
+    return frame
+
+  def __call__(self, epoch: int) -> bool:
+    self.trained.append(epoch)
+    self.report()
+    if self._trial.should_prune():
+      self.pruned_at = epoch
+      return True
+    return False
+
+
+def best_epoch(frame) -> Dict[str, float]:
+  """The epoch of the best validation accuracy (the first if tied) and the metrics there."""
+  if 'val/accuracy' not in frame or frame['val/accuracy'].isna().all():
+    return {}
+  rows = frame.dropna(subset=['val/accuracy']).reset_index(drop=True)
+  row = rows.iloc[int(rows['val/accuracy'].to_numpy().argmax())]
+  out = {'best_val_epoch': float(row['epoch']), 'val_accuracy': float(row['val/accuracy'])}
+  if 'test/accuracy' in rows and not math.isnan(row['test/accuracy']):
+    out['test_accuracy'] = float(row['test/accuracy'])
+  return out
+
+
+class Worker:
+  """One process's part of a study: the objective and the callbacks around it.
+
+  Args:
+    base_config: CONFIG with the command-line overrides.
+    space: configs/spaces.py function: trial -> overrides.
+    root: the study's run directory.
+    trials: the study's budget of trials.
+    command: the `python -m fisher_jax.main ...` words before the space's overrides (to show
+      how to resume a trial's run by hand).
+    journal: whether the storage is the journal file (lock-based recovery of dead workers).
+    grace_period, max_retry: see the flags.
+    log: where one line per finished trial goes.
+  """
+
+  def __init__(self, base_config, space: Callable, root: str, trials: int, *,
+               command: Sequence[str] = (), journal: bool = True, grace_period: float = 60,
+               max_retry: int = 3, log: Callable[[str], None] = print):
+    self._base = base_config
+    self._space = space
+    self._root = root
+    self._trials = trials
+    self._command = list(command)
+    self._journal = journal
+    self._grace = grace_period
+    self._max_retry = max_retry
+    self._log = log
+    self._lock = _TrialLock(root)
+
+  def recover(self, study) -> List[int]:
+    if not self._journal:
+      return []
+    failed = fail_abandoned_trials(study, self._root, self._grace, self._max_retry)
+    for number in failed:
+      self._log(f'trial {number}: its worker died; failed it and queued a retry')
+    return failed
+
+  def objective(self, trial) -> float:
+    import optuna  # pylint: disable=g-import-not-at-top
+    from fisher_jax import train  # pylint: disable=g-import-not-at-top
+    study = trial.study
+    ahead = [t for t in study.get_trials(deepcopy=False)
+             if t.number < trial.number and t.state.name in _COUNTED]
+    if len(ahead) >= self._trials:
+      trial.set_user_attr('surplus', True)
+      study.stop()
+      raise _Surplus(f'trial {trial.number} came after the study was full')
+    self._lock.acquire(trial.number)
+    overrides = self._space(trial)
+    config = with_overrides(self._base, overrides, f'--space (trial {trial.number})')
+    workdir = trial.user_attrs.get('workdir') or os.path.join(self._root,
+                                                              f'trial_{trial.number:04d}')
+    trial.set_user_attr('workdir', workdir)
+    trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
+    trial.set_user_attr('command', shlex.join(self._command + ['--workdir', workdir] + [
+        f'--config.{k}={v}' for k, v in overrides.items()]))
+    reporter = _EpochReporter(trial, workdir, json.loads(config.to_json()))
+    start = time.monotonic()
+    try:
+      train.train_and_evaluate(config, workdir, on_epoch=reporter)
+    except ValueError as error:
+      raise TrialError(f'trial {trial.number} ({workdir}): {error}') from error
+    frame = reporter.report()
+    last = float(frame['epoch'].max()) if len(frame) else 0.0
+    trial.set_user_attr('epochs', last)
+    # Epochs done before this attempt (> 0: it resumed a checkpoint, e.g. a retried trial).
+    trial.set_user_attr('start_epoch', min(reporter.trained) - 1 if reporter.trained else last)
+    trial.set_user_attr('wall_s', round(time.monotonic() - start, 2))
+    for key, value in best_epoch(frame).items():
+      trial.set_user_attr(key, value)
+    if reporter.pruned_at is not None:
+      raise optuna.TrialPruned(f'pruned at epoch {reporter.pruned_at}')
+    best = best_epoch(frame)
+    if 'val_accuracy' not in best:
+      raise TrialError(f'trial {trial.number} ({workdir}) logged no val/accuracy; the config '
+                       'needs a validation split (dataset.val_fraction > 0).')
+    return best['val_accuracy']
+
+  def after_trial(self, study, trial):
+    """Callback after each trial: releases its lock, reports it, recovers dead workers."""
+    self._lock.release()
+    if not trial.user_attrs.get('surplus'):
+      self._log(describe_trial(trial))
+    self.recover(study)
+
+
+def describe_trial(trial) -> str:
+  """One line: number, state, validation and test accuracy, epochs, parameters."""
+  attrs = trial.user_attrs
+  parts = [f'trial {trial.number:3d} {trial.state.name.lower():8s}']
+  if 'val_accuracy' in attrs:
+    parts.append(f"val {attrs['val_accuracy']:.4f} (epoch {attrs['best_val_epoch']:g})")
+  if 'test_accuracy' in attrs:
+    parts.append(f"test {attrs['test_accuracy']:.4f}")
+  if 'epochs' in attrs:
+    parts.append(f"{attrs['epochs']:g} epochs {attrs.get('wall_s', 0):.0f} s")
+  parts.append(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                        for k, v in trial.params.items()))
+  return ' | '.join(parts)
+
+
+def summarize(study) -> Dict[str, Any]:
+  """The study's result: trials by state, epochs and seconds spent, the best trial.
+
+  Epochs spent count every workdir once (a retried trial resumes its original's workdir): the
+  last epoch each reached. The best trial is the COMPLETE one with the highest objective (the
+  best validation accuracy); `test_accuracy` is its test accuracy at that epoch.
+  """
+  trials = study.get_trials(deepcopy=False)
+  states: Dict[str, int] = {}
+  for t in trials:
+    states[t.state.name] = states.get(t.state.name, 0) + 1
+  by_workdir: Dict[str, Any] = {}
+  for t in trials:
+    if 'epochs' in t.user_attrs:
+      by_workdir[t.user_attrs['workdir']] = t
+  out = {'trials': states,
+         'epochs': sum(t.user_attrs['epochs'] for t in by_workdir.values()),
+         'train_s': round(sum(t.user_attrs.get('wall_s', 0.0) for t in trials), 1),
+         'diverged': sum(bool(t.user_attrs.get('diverged')) for t in trials)}
+  complete = [t for t in trials if t.state.name == 'COMPLETE']
+  if complete:
+    best = max(complete, key=lambda t: t.value)
+    out['best'] = {'number': best.number, 'val_accuracy': best.value,
+                   'best_val_epoch': best.user_attrs.get('best_val_epoch'),
+                   'test_accuracy': best.user_attrs.get('test_accuracy'),
+                   'params': best.params, 'workdir': best.user_attrs.get('workdir')}
+  return out
+
+
+def run_worker(study, worker: Worker, trials: int):
+  """Runs trials of `study` in this process until it holds `trials` counted trials."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  worker.recover(study)
+  waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+  if counted_trials(study) >= trials and not waiting:
+    return
+  states = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
+  study.optimize(worker.objective, catch=(_Surplus,),
+                 callbacks=[worker.after_trial,
+                            optuna.study.MaxTrialsCallback(trials, states=states)])
+
+
+def _config_overrides(argv: Sequence[str]) -> List[str]:
+  return [a for a in argv[1:] if a.startswith('--config.')]
+
+
+def _config_spec(argv: Sequence[str]) -> str:
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      spec = arg.partition('=')[2]
+    elif arg == '--config' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  for name in ('space', 'study', 'trials'):
+    if getattr(FLAGS, name) is None:
+      sys.exit(f'tune: --{name} is required.')
+  if FLAGS.trials < 1:
+    sys.exit(f'tune: --trials={FLAGS.trials} must be at least 1.')
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import spaces  # pylint: disable=g-import-not-at-top
+  from experiments import run as runner  # pylint: disable=g-import-not-at-top
+  root = os.path.abspath(FLAGS.root or default_root(FLAGS.study))
+  # A persistent compilation cache shared by the study's trials (they compile the same steps).
+  os.environ.update(runner.run_environment(root, workers=1))
+  try:
+    import optuna  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    sys.exit('tune: optuna is not installed; install the tune extra: pip install "fisher_jax[tune]".')
+  try:
+    space = spaces.get_space(FLAGS.space)
+    pruner = make_pruner(FLAGS.pruner, warmup_epochs=FLAGS.warmup_epochs,
+                         min_trials=FLAGS.min_trials, fisher_factor=FLAGS.fisher_factor,
+                         fisher_top_fraction=FLAGS.fisher_top_fraction)
+    config = FLAGS.config
+    if FLAGS.pruner == 'fisher' and not config.measure.every_epochs:
+      raise ValueError('--pruner=fisher reads Tr(F) every epoch: keep '
+                       'config.measure.every_epochs at 1 or choose --pruner=median or none.')
+  except ValueError as error:
+    sys.exit(f'tune: {error}')
+  if not FLAGS.verbose:
+    logging.set_verbosity(logging.WARNING)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  storage_url = FLAGS.storage or os.path.join(root, JOURNAL_FILE)
+  storage = make_storage(storage_url, heartbeat_interval=FLAGS.heartbeat_interval,
+                         grace_period=FLAGS.grace_period, max_retry=FLAGS.max_retry)
+  study = optuna.create_study(storage=storage, study_name=FLAGS.study, direction='maximize',
+                              sampler=make_sampler(FLAGS.sampler, FLAGS.seed), pruner=pruner,
+                              load_if_exists=True)
+  command = ['python', '-m', 'fisher_jax.main', '--config', _config_spec(sys.argv),
+             *_config_overrides(sys.argv)]
+  worker = Worker(config, space, root, FLAGS.trials, command=command,
+                  journal='://' not in storage_url, grace_period=FLAGS.grace_period,
+                  max_retry=FLAGS.max_retry)
+  start = time.monotonic()
+  try:
+    run_worker(study, worker, FLAGS.trials)
+  except TrialError as error:
+    sys.exit(f'tune: {error}')
+  summary = summarize(study)
+  print(f'study {FLAGS.study}: ' + ', '.join(f'{n} {s.lower()}' for s, n in
+                                             sorted(summary['trials'].items())) +
+        f"; {summary['epochs']:g} epochs; this process {time.monotonic() - start:.0f} s")
+  if 'best' in summary:
+    best = summary['best']
+    print(f"best: trial {best['number']} val {best['val_accuracy']:.4f} at epoch "
+          f"{best['best_val_epoch']:g}, test {best['test_accuracy']:.4f} there, "
+          f"{best['params']} ({best['workdir']})")
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -494,6 +495,9 @@ def main(argv):
   worker = Worker(config, space, root, FLAGS.trials, command=command,
                   journal='://' not in storage_url, grace_period=FLAGS.grace_period,
                   max_retry=FLAGS.max_retry)
+  # Ctrl-C ends the process as SIGTERM and SIGKILL do, leaving its trial RUNNING with its lock
+  # free, to be failed and retried into its checkpoint (Optuna would mark it FAIL, unretried).
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
   start = time.monotonic()
   try:
     run_worker(study, worker, FLAGS.trials)

@@ -21,7 +21,8 @@ and at least `min_completed_trials` trials are COMPLETE. Consequences, by constr
 
 A trial's curves are its logged metrics per epoch (the `TRIAL_METRICS` columns of its
 metrics.jsonl), stored as the trial's user attribute `metrics` by `record_metrics`, with the
-run's resolved config as the user attribute `config` (the early-phase window depends on it).
+run's resolved config as the user attribute `config` (the window definitions of
+`analysis.EarlyPhase` read it).
 `experiments.tune` records both after every epoch; a user's own objective calls `record_metrics`
 before `trial.report`.
 """
@@ -42,12 +43,21 @@ TRIAL_METRICS = (summaries.FISHER, 'train/accuracy', 'val/accuracy')
 
 
 def study_early_fisher(run: analysis.Run) -> float:
-  """The study's early-phase Tr(F_i) of `run`: `summaries.early_value` with its default phase.
+  """The study's primary early-phase Tr(F_i) of a run in progress.
 
-  That is the maximum of the logged Tr(F) over epochs [0, E], E the config's
-  `experiment.early_epochs`, else a quarter of its `num_epochs` (see `summaries.EarlyPhase`).
+  The maximum of the logged Tr(F) from step 0 up to the first epoch whose training accuracy
+  reaches 0.8; before that epoch, the maximum so far (a lower bound of the final value).
   """
-  return analysis.early_value(run, analysis.EarlyPhase())
+  # Adapter until fisher_jax.analysis.early_fisher (the study's definition) is on main.
+  frame = run.metrics
+  if summaries.FISHER not in frame or not frame[summaries.FISHER].notna().any():
+    return math.nan
+  values = frame[['step', summaries.FISHER]].dropna()
+  if 'train/accuracy' in frame:
+    reached = frame[frame['train/accuracy'] >= 0.8]
+    if len(reached):
+      values = values[values.step <= reached.step.iloc[0]]
+  return float(values[summaries.FISHER].max())
 
 
 def record_metrics(trial: optuna.trial.Trial, frame: pd.DataFrame,

@@ -136,7 +136,7 @@ def test_a_space_field_the_config_lacks_is_refused_with_its_name(default_config)
 # --- Two worker processes on one study, one killed mid-trial. ----------------------------------
 
 _TINY = ['--config', 'configs/default.py', '--space', 'lr', '--pruner', 'none',
-         '--config.num_epochs=4', '--config.batch_size=32', '--config.dataset.train_subset=256',
+         '--config.model.name=mlp', '--config.num_epochs=4', '--config.batch_size=32', '--config.dataset.train_subset=256',
          '--config.measure.num_examples=32']
 
 
@@ -215,3 +215,39 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_resumes_in_a_retry
   assert retry.user_attrs['start_epoch'] >= 1 and failed.user_attrs.get('start_epoch') is None
   assert all(t.user_attrs['start_epoch'] == 0 for t in by_state['COMPLETE']
              if t.number != retry.number)
+
+
+# --- The submitit launcher. ---------------------------------------------------------------------
+
+
+def test_launcher_dry_run_prints_one_worker_command_per_job_with_its_own_seed(capsys):
+  from experiments import launch_tune
+  assert launch_tune.main(['--workers', '2', '--folder', 'jobs', '--seed', '5', '--dry_run',
+                           '--', '--space', 'lr', '--study', 's', '--trials', '8']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith('2 jobs, cluster auto')
+  assert [line.split(' ', 1)[1] for line in lines[1:]] == [
+      '-m experiments.tune --space lr --study s --trials 8 --seed=5',
+      '-m experiments.tune --space lr --study s --trials 8 --seed=6']
+  with pytest.raises(SystemExit):
+    launch_tune.main(['--workers', '2', '--folder', 'jobs', '--', '--seed', '1'])
+  assert 'each job then gets its own' in capsys.readouterr().err
+
+
+def test_launcher_local_jobs_are_tune_workers_of_one_study(tmp_path):
+  """Two submitit jobs on a study that is already full: each joins it and finds no work."""
+  from experiments import launch_tune
+  root = tmp_path / 'study'
+  study = optuna.create_study(study_name='s', direction='maximize', storage=tune.make_storage(
+      str(root / tune.JOURNAL_FILE)))
+  study.add_trial(optuna.trial.create_trial(
+      state=optuna.trial.TrialState.COMPLETE, value=0.5, params={'optimizer.learning_rate': 0.1},
+      distributions={'optimizer.learning_rate': optuna.distributions.FloatDistribution(
+          1e-3, 0.3, log=True)},
+      user_attrs={'workdir': 'w', 'epochs': 1.0, 'best_val_epoch': 1.0, 'test_accuracy': 0.4}))
+  jobs = launch_tune.submit(
+      launch_tune.worker_commands(['--config', 'configs/default.py', '--space', 'lr', '--study',
+                                   's', '--trials', '1', '--root', str(root)], 2, seed=0),
+      str(tmp_path / 'jobs'), 'local', {'timeout_min': 5})
+  for job in jobs:
+    assert 'study s: 1 complete; 1 epochs' in job.result()

@@ -51,6 +51,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # `configs` (a package there) and `experiments`, from any directory.
+  sys.path.insert(0, REPO)
+
 PRUNERS = ('fisher', 'median', 'none')
 SAMPLERS = ('tpe', 'random')
 JOURNAL_FILE = 'study.journal'
@@ -438,20 +442,6 @@ def run_worker(study, worker: Worker, trials: int):
                             optuna.study.MaxTrialsCallback(trials, states=states)])
 
 
-def _config_overrides(argv: Sequence[str]) -> List[str]:
-  return [a for a in argv[1:] if a.startswith('--config.')]
-
-
-def _config_spec(argv: Sequence[str]) -> str:
-  spec = None
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      spec = arg.partition('=')[2]
-    elif arg == '--config' and i + 1 < len(argv):
-      spec = argv[i + 1]
-  return spec
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -460,7 +450,6 @@ def main(argv):
       sys.exit(f'tune: --{name} is required.')
   if FLAGS.trials < 1:
     sys.exit(f'tune: --trials={FLAGS.trials} must be at least 1.')
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import spaces  # pylint: disable=g-import-not-at-top
   from experiments import run as runner  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(FLAGS.root or default_root(FLAGS.study))
@@ -490,8 +479,10 @@ def main(argv):
   study = optuna.create_study(storage=storage, study_name=FLAGS.study, direction='maximize',
                               sampler=make_sampler(FLAGS.sampler, FLAGS.seed), pruner=pruner,
                               load_if_exists=True)
-  command = ['python', '-m', 'fisher_jax.main', '--config', _config_spec(sys.argv),
-             *_config_overrides(sys.argv)]
+  command = ['python', '-m', 'fisher_jax.main', '--config',
+             config_flags.get_config_filename(FLAGS['config'])] + [
+                 f'--config.{k}={v}' for k, v in
+                 config_flags.get_override_values(FLAGS['config']).items()]
   worker = Worker(config, space, root, FLAGS.trials, command=command,
                   journal='://' not in storage_url, grace_period=FLAGS.grace_period,
                   max_retry=FLAGS.max_retry)

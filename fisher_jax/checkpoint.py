@@ -9,6 +9,10 @@ process calls `save` and `restore`; orbax coordinates them.
 import os
 from typing import Any, Optional
 
+from fisher_jax import _extras
+
+_extras.require('train', __name__)
+
 import jax
 import orbax.checkpoint as ocp
 

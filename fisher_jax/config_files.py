@@ -13,6 +13,10 @@ import os
 import sys
 from typing import Any, Dict
 
+from fisher_jax import _extras
+
+_extras.require('train', __name__)
+
 import ml_collections
 
 

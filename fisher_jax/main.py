@@ -13,6 +13,13 @@ A bad config or workdir ends with one sentence naming the field and a non-zero e
 import os
 import sys
 
+from fisher_jax import _extras
+
+try:
+  _extras.require('train', 'python -m fisher_jax.main')
+except ImportError as missing_extra:
+  sys.exit(f'fisher_jax: {missing_extra}')
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -11,6 +11,10 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional
 
+from fisher_jax import _extras
+
+_extras.require('train', __name__)
+
 from absl import logging
 from clu import periodic_actions
 import jax

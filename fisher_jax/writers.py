@@ -9,6 +9,10 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from fisher_jax import _extras
+
+_extras.require('train', __name__)
+
 from clu import metric_writers
 import numpy as np
 

@@ -7,6 +7,10 @@
   analysis.plots.plot_fisher_explosion(runs, 'figures/')   # PNG + CSV
 """
 
+from fisher_jax import _extras
+
+_extras.require('analysis', __name__)
+
 from fisher_jax.analysis import claims
 from fisher_jax.analysis import plots
 from fisher_jax.analysis.runs import Run, label_of, load_run, load_runs, read_metrics, runs_table

@@ -8,6 +8,10 @@ See docs/data.md for the datasets, how to prepare them (`python -m fisher_jax.da
 and the fields of `config.dataset`.
 """
 
+from fisher_jax import _extras
+
+_extras.require('train', __name__)
+
 from fisher_jax.data.base import EVAL_SPLITS
 from fisher_jax.data.base import InputBase
 from fisher_jax.data.digits import SklearnDigits

@@ -90,6 +90,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for command in commands:
       print(shlex.join(command))
     return 0
+  from fisher_jax import _extras  # pylint: disable=g-import-not-at-top
+  try:
+    _extras.require('tune', 'python -m experiments.launch_tune')
+  except ImportError as error:
+    sys.exit(f'launch_tune: {error}')
   jobs = submit(commands, args.folder, args.cluster, parameters)
   print(f'submitted {len(jobs)} jobs: {" ".join(str(j.job_id) for j in jobs)} '
         f'(logs in {args.folder})')

@@ -455,10 +455,12 @@ def main(argv):
   root = os.path.abspath(FLAGS.root or default_root(FLAGS.study))
   # A persistent compilation cache shared by the study's trials (they compile the same steps).
   os.environ.update(runner.run_environment(root, workers=1))
+  from fisher_jax import _extras  # pylint: disable=g-import-not-at-top
   try:
-    import optuna  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    sys.exit('tune: optuna is not installed; install the tune extra: pip install "fisher_jax[tune]".')
+    _extras.require('tune', 'python -m experiments.tune')
+  except ImportError as error:
+    sys.exit(f'tune: {error}')
+  import optuna  # pylint: disable=g-import-not-at-top
   try:
     space = spaces.get_space(FLAGS.space)
     pruner = make_pruner(FLAGS.pruner, warmup_epochs=FLAGS.warmup_epochs,

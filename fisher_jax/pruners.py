@@ -30,11 +30,15 @@ before `trial.report`.
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import optuna
-import pandas as pd
+from fisher_jax import _extras
 
-from fisher_jax import analysis
-from fisher_jax.analysis import summaries
+_extras.require('tune', __name__)
+
+import optuna  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pandas as pd  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from fisher_jax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fisher_jax.analysis import summaries  # pylint: disable=wrong-import-position
 
 METRICS_ATTR = 'metrics'
 CONFIG_ATTR = 'config'

@@ -1,7 +1,6 @@
 """Analysis on synthetic run directories with known numbers: loading, early-phase Tr(F_i),
 best/final values, correlations with bootstrap intervals, the claims and the plot CSVs."""
 
-import json
 import math
 import os
 
@@ -10,42 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from cases import epoch_records
+from cases import write_run
 from fisher_jax import analysis
 from fisher_jax.analysis import claims
 from fisher_jax.analysis import plots
-
-
-def write_run(path, records, *, name='fisher_explosion', group='g', variant='small_lr', seed=0,
-              lr=0.001, batch_size=128, num_epochs=8, early_epochs=2.0, regularizer='none',
-              strength=0.0, start_epoch=0):
-  """Writes config.json and metrics.jsonl as fisher_jax does; returns the path."""
-  os.makedirs(path, exist_ok=True)
-  config = {'seed': seed, 'batch_size': batch_size, 'num_epochs': num_epochs,
-            'optimizer': {'learning_rate': lr},
-            'regularizer': {'name': regularizer, 'strength': strength,
-                            'start_epoch': start_epoch},
-            'experiment': {'name': name, 'group': group, 'variant': variant,
-                           'early_epochs': early_epochs}}
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump(config, f)
-  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
-    for record in records:
-      f.write(json.dumps(record) + '\n')
-  return str(path)
-
-
-def epoch_records(fisher, test=None, train=None, hessian=None, steps_per_epoch=10):
-  """Records at epochs 0..len(fisher)-1 (epoch 0 holds only the curvature, as step 0 does)."""
-  out = []
-  for e, value in enumerate(fisher):
-    record = {'step': e * steps_per_epoch, 'epoch': float(e), 'curvature/fisher_trace': value}
-    if e > 0:
-      for key, values in (('test/accuracy', test), ('train/accuracy', train),
-                          ('curvature/hessian_trace', hessian)):
-        if values is not None:
-          record[key] = values[e]
-    out.append(record)
-  return out
 
 
 def test_read_metrics_merges_a_relogged_step_and_skips_a_torn_line(tmp_path):

@@ -2,50 +2,16 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cases
 from fisher_jax import curvature, losses
 from fisher_jax.curvature import dense
 
 RTOL = 1e-8
-NUM_CLASSES = 4
-
-
-class _MLP(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    del train
-    x = x.reshape((x.shape[0], -1))
-    x = jnp.tanh(nn.Dense(6)(x))
-    return nn.Dense(NUM_CLASSES)(x)
-
-
-class _CNN(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    del train
-    x = nn.relu(nn.Conv(3, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = jnp.tanh(nn.Conv(4, (3, 3))(x))
-    x = x.reshape((x.shape[0], -1))
-    return nn.Dense(NUM_CLASSES)(x)
-
-
-def _problem(kind, batch=7, seed=0):
-  """(logits_fn, params, inputs [B, ...], labels [B]) in the current default float dtype."""
-  dtype = jnp.zeros(()).dtype if not jax.config.jax_enable_x64 else jnp.float64
-  model, shape = {'mlp': (_MLP(), (5,)), 'cnn': (_CNN(), (6, 6, 2))}[kind]
-  k_x, k_y, k_p = jax.random.split(jax.random.PRNGKey(seed), 3)
-  inputs = jax.random.normal(k_x, (batch,) + shape, dtype)
-  labels = jax.random.randint(k_y, (batch,), 0, NUM_CLASSES)
-  params = model.init(k_p, inputs[:1])['params']
-  params = jax.tree.map(lambda p: (2.0 * p).astype(dtype), params)  # sharper softmax
-  logits_fn = lambda p, x: model.apply({'params': p}, x)
-  return logits_fn, params, inputs, labels
 
 
 def _all_quantities(logits_fn, params, inputs, labels, rng, chunk_size=None):
@@ -80,7 +46,7 @@ def test_cross_entropy_and_accuracy_match_definitions(x64):
 def test_every_fisher_quantity_matches_dense(x64, kind):
   """Per-example norms, the three estimators ('sampled' against the dense value at the same
   sampled labels), Tr(F_B) and the gradient norm, against `dense` at rtol 1e-8."""
-  logits_fn, params, inputs, labels = _problem(kind)
+  logits_fn, params, inputs, labels = cases.fisher_problem(kind)
   rng = jax.random.PRNGKey(3)
 
   def everything(module, params, inputs, labels, rng):
@@ -105,7 +71,7 @@ def test_every_fisher_quantity_matches_dense(x64, kind):
 def test_sampled_labels_follow_the_contract_and_converge_to_exact(x64):
   """'sampled' equals 'empirical' at ŷ = jax.random.categorical(rng, logits) (and differs for
   another rng); the mean of 400 draws is within 4 standard errors of 'exact'."""
-  logits_fn, params, inputs, labels = _problem('mlp', batch=8)
+  logits_fn, params, inputs, labels = cases.fisher_problem('mlp', batch=8)
   rng = jax.random.PRNGKey(11)
 
   @jax.jit
@@ -134,7 +100,7 @@ def test_sampled_labels_follow_the_contract_and_converge_to_exact(x64):
 
 def test_chunk_size_does_not_change_results(x64):
   """B = 7 in chunks of 3 (the last one padded) gives the unchunked numbers."""
-  logits_fn, params, inputs, labels = _problem('cnn', batch=7)
+  logits_fn, params, inputs, labels = cases.fisher_problem('cnn', batch=7)
   rng = jax.random.PRNGKey(2)
 
   def everything(params, inputs, labels, rng, chunk_size):
@@ -149,21 +115,12 @@ def test_chunk_size_does_not_change_results(x64):
     np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-12, err_msg=name)
 
 
-class _WideMLP(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    del train
-    x = jnp.tanh(nn.Dense(256)(x))
-    x = jnp.tanh(nn.Dense(256)(x))
-    return nn.Dense(NUM_CLASSES)(x)
-
-
 @pytest.mark.parametrize('estimator', ['sampled', 'exact'])
 def test_chunked_peak_memory_does_not_grow_with_the_batch(estimator):
   """XLA's temp buffers for B = 64 and B = 256 (chunks of 16): unchunked, they grow by about the
   size of the extra per-example gradients (192 x P floats, C times that for 'exact'); chunked,
   by less than 1% of it."""
-  model = _WideMLP()
+  model = cases.WideMLP()
   params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))['params']
   logits_fn = lambda p, x: model.apply({'params': p}, x)
   num_params = sum(p.size for p in jax.tree.leaves(params))
@@ -193,7 +150,7 @@ def test_map_in_chunks_keeps_example_order():
 @functools.lru_cache(maxsize=None)
 def _sharding_problem():
   """The CNN problem and its one-device numbers, shared by the layouts."""
-  logits_fn, params, inputs, labels = _problem('cnn', batch=24)
+  logits_fn, params, inputs, labels = cases.fisher_problem('cnn', batch=24)
   rng = jax.random.PRNGKey(9)
   single = jax.jit(functools.partial(_all_quantities, logits_fn, chunk_size=2))(
       params, inputs, labels, rng)
@@ -232,7 +189,7 @@ def test_sharded_batches_give_single_device_numbers(layout):
 
 
 def test_missing_or_unknown_arguments_raise_value_errors():
-  logits_fn, params, inputs, labels = _problem('mlp')
+  logits_fn, params, inputs, labels = cases.fisher_problem('mlp')
   with pytest.raises(ValueError, match='rng'):
     curvature.fisher_trace(logits_fn, params, inputs, estimator='sampled')
   with pytest.raises(ValueError, match='labels'):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import cases
 from fisher_jax import curvature
 from fisher_jax.curvature import dense
-from test_curvature_fisher import _problem
 
 RTOL = 1e-8
 
@@ -21,7 +21,7 @@ def _dense(fn, loss_fn, *args):
 
 
 def _loss_problem(kind, batch=6):
-  logits_fn, params, inputs, labels = _problem(kind, batch=batch)
+  logits_fn, params, inputs, labels = cases.fisher_problem(kind, batch=batch)
   return curvature.make_loss_fn(logits_fn, inputs, labels), params
 
 
@@ -122,7 +122,7 @@ def test_lanczos_survives_breakdown_and_negative_spectra(x64):
 
 
 def test_hessian_trace_under_jit_with_sharded_inputs():
-  logits_fn, params, inputs, labels = _problem('cnn', batch=32)
+  logits_fn, params, inputs, labels = cases.fisher_problem('cnn', batch=32)
   mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 

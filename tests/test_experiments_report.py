@@ -6,9 +6,9 @@ import re
 
 import pandas as pd
 
+from cases import epoch_records
+from cases import write_run
 from experiments import report
-from test_analysis import epoch_records
-from test_analysis import write_run
 
 
 def _make_root(root):

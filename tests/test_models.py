@@ -20,19 +20,11 @@ import pytest
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+import cases
 from fisher_jax import curvature
 from fisher_jax import models
 
-# Tiny inputs run fine unoptimized: XLA's lowest CPU optimization level without the fusion
-# emitters compiles these gradient graphs about 4x faster.
-_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0,
-                                                    'xla_cpu_use_fusion_emitters': False})
-
 NUM_CLASSES = 3
-
-
-def _variables(params, batch_stats):
-  return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
 
 
 def _init_shapes(model, image_shape):
@@ -148,11 +140,11 @@ def _make_step_checks(model, learning_rate):
   def train_loss(params, batch_stats, images, labels, rng):
     """Mean CE in train mode, with the train-mode logits and updated running averages."""
     if batch_stats:
-      logits, updated = model.apply(_variables(params, batch_stats), images, train=True,
+      logits, updated = model.apply(cases.flax_variables(params, batch_stats), images, train=True,
                                     mutable=['batch_stats'], rngs={'dropout': rng})
       new_stats = updated['batch_stats']
     else:
-      logits = model.apply(_variables(params, batch_stats), images, train=True,
+      logits = model.apply(cases.flax_variables(params, batch_stats), images, train=True,
                            rngs={'dropout': rng})
       new_stats = batch_stats
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -175,7 +167,7 @@ def _make_step_checks(model, learning_rate):
     per_class = jax.vmap(lambda x: jax.vmap(lambda c: weighted_sq_norm(x, c))(classes))(images)
     return jnp.mean(jnp.sum(per_class, axis=1))
 
-  @_jit
+  @cases.cheap_jit
   def checks(params, batch_stats, images, others, labels, rng):
     (loss, (train_logits, new_stats)), grads = jax.value_and_grad(train_loss, has_aux=True)(
         params, batch_stats, images, labels, rng)
@@ -186,7 +178,7 @@ def _make_step_checks(model, learning_rate):
     stacked_params = jax.tree.map(lambda a, b: jnp.stack([a, b]), new_params, params)
     losses_, (logits_, _) = jax.vmap(train_loss, in_axes=(0, None, 0, None, None))(
         stacked_params, batch_stats, jnp.stack([images, others]), labels, rng)
-    variables = _variables(new_params, new_stats)
+    variables = cases.flax_variables(new_params, new_stats)
     # Eval mode on two separate batches (vmap: one trace), both holding example 0.
     eval_logits = jax.vmap(lambda x: model.apply(variables, x, train=False))(
         jnp.stack([images, others]))
@@ -257,7 +249,7 @@ def test_train_mode_updates_running_averages_with_momentum():
   images = np.random.default_rng(0).normal(1.0, 2.0, size=(6, 5, 5, 3))
   variables = _random_variables(model, images.shape, seed=1, dtype=jnp.float32)
 
-  @_jit
+  @cases.cheap_jit
   def train_mode(variables, images):
     return model.apply(variables, images, train=True, mutable=['batch_stats', 'intermediates'],
                        capture_intermediates=lambda module, _: module.name == 'Conv_0')[1]
@@ -294,9 +286,10 @@ def test_data_parallel_batch_norm_statistics_are_per_device():
     logits, batch_stats = train_mode(variables, x)
     return logits, lax.pmean(batch_stats, 'data')
 
-  logits, batch_stats = _jit(jax.shard_map(device_step, mesh=mesh, in_specs=(P(), P('data')),
-                                           out_specs=(P('data'), P())))(variables, images)
-  single = _jit(train_mode)
+  logits, batch_stats = cases.cheap_jit(jax.shard_map(
+      device_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=(P('data'), P())))(
+          variables, images)
+  single = cases.cheap_jit(train_mode)
   per_shard = [single(variables, images[2 * k:2 * k + 2]) for k in range(n)]
   np.testing.assert_allclose(logits, np.concatenate([lg for lg, _ in per_shard]), rtol=1e-5,
                              atol=1e-6)
@@ -354,7 +347,7 @@ def test_bfloat16_logits_are_close_to_float32_logits():
                                         dtype=dtype).clone(stage_sizes=(1, 1))
   variables = _random_variables(make('float32'), images.shape, seed=1, dtype=jnp.float32)
 
-  @functools.partial(_jit, static_argnums=0)
+  @functools.partial(cases.cheap_jit, static_argnums=0)
   def evaluate(dtype, variables, images):
     return make(dtype).apply(variables, images, train=False)
 

@@ -1,9 +1,7 @@
 """Regularizers against dense brute-force references in float64, and on 8 devices vs 1."""
 
-import functools
 import warnings
 
-import flax.linen as nn
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
@@ -11,39 +9,12 @@ from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 import pytest
 
+import cases
 from fisher_jax import curvature
 from fisher_jax import regularizers
 
 NAMES = ('fp', 'fp_per_example', 'gp', 'gpr', 'gpx')
-NUM_CLASSES = 3
-
-# The programs here are tiny: compile them with the cheap XLA CPU pipeline (halves test time).
-_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0,
-                                                     'xla_llvm_disable_expensive_passes': True})
-
-
-class _TinyCNN(nn.Module):
-  """conv-tanh-dense-tanh-dense in float64: smooth, so every Hessian term is non-zero."""
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=jnp.float64, param_dtype=jnp.float64)
-    x = jnp.tanh(nn.Conv(3, (3, 3), **kw)(x))
-    x = jnp.tanh(nn.Dense(6, **kw)(x.reshape((x.shape[0], -1))))
-    return nn.Dense(NUM_CLASSES, **kw)(x)
-
-
-@functools.lru_cache(maxsize=None)
-def _problem(batch=16):
-  """(logits_fn, params, inputs [B, 4, 4, 2], labels [B]) in float64; built once (eager JAX
-  ops compile one by one, which is slow on a busy CPU)."""
-  model = _TinyCNN()
-  np_rng = np.random.default_rng(0)
-  inputs = jnp.asarray(np_rng.normal(size=(batch, 4, 4, 2)), jnp.float64)
-  labels = jnp.asarray(np_rng.integers(0, NUM_CLASSES, size=batch), jnp.int32)
-  params = _jit(model.init)(jax.random.key(2), inputs)['params']
-  logits_fn = lambda p, x: model.apply({'params': p}, x)  # noqa: E731
-  return logits_fn, params, inputs, labels
+NUM_CLASSES = cases.TINY_CNN_CLASSES
 
 
 def _dense_penalty(name, logits_fn, flat, unravel, inputs, labels, rng):
@@ -68,11 +39,11 @@ def _dense_penalty(name, logits_fn, flat, unravel, inputs, labels, rng):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_penalty_and_grad_match_dense_reverse_over_reverse(x64, name):
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(7)
   flat, unravel = ravel_pytree(params)
 
-  @_jit
+  @cases.cheap_jit
   def compute(params, flat):
     value, grads = regularizers.penalty_and_grad(name, logits_fn, params, inputs, labels, rng=rng)
     dense_value, dense_grad = jax.value_and_grad(_dense_penalty, argnums=2)(
@@ -94,9 +65,9 @@ def test_penalty_and_grad_match_dense_reverse_over_reverse(x64, name):
 def test_sampled_labels_come_from_rng_and_are_constants(x64):
   """fp with two keys differs (labels are drawn); fp with the labels the key draws equals gp with
   those labels given as true labels, value and gradient (no gradient through the sampling)."""
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
 
-  @_jit
+  @cases.cheap_jit
   def fp_and_gp(rng):
     sampled = jax.random.categorical(rng, logits_fn(params, inputs))
     return (regularizers.penalty_and_grad('fp', logits_fn, params, inputs, labels, rng=rng),
@@ -110,7 +81,7 @@ def test_sampled_labels_come_from_rng_and_are_constants(x64):
 
 
 def test_none_is_zero_and_missing_rng_or_unknown_name_is_an_error(x64):
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   value, grads = regularizers.penalty_and_grad('none', logits_fn, params, inputs, labels)
   assert float(value) == 0 and all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
   with pytest.raises(ValueError, match='rng='):
@@ -123,12 +94,12 @@ def test_none_is_zero_and_missing_rng_or_unknown_name_is_an_error(x64):
 
 
 def test_loss_and_penalty_grads_share_the_forward_pass_and_agree(x64):
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(11)
   loss_fn = lambda p: jnp.mean(-jnp.take_along_axis(  # noqa: E731
       jax.nn.log_softmax(logits_fn(p, inputs)), labels[:, None], axis=1))
 
-  @_jit
+  @cases.cheap_jit
   def both():
     reference = jax.value_and_grad(loss_fn)(params), logits_fn(params, inputs)
     shared = [regularizers.loss_and_penalty_grads(n, logits_fn, params, inputs, labels, rng=rng)
@@ -153,7 +124,7 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
   """Every penalty (acceptance: fp) under shard_map over 8 devices, 2 examples each, equals the
   one-device value and gradient of the 16-example batch; fp also with check_vma=False."""
   assert jax.device_count() >= 8, 'tests/conftest.py sets 8 fake CPU devices'
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(5)
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
 
@@ -172,9 +143,9 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
     out['gpr/shared'] = (shared.loss, shared.loss_grads, shared.penalty, shared.penalty_grads)
     return out
 
-  single = _jit(all_penalties)(params, inputs, labels, rng)
+  single = cases.cheap_jit(all_penalties)(params, inputs, labels, rng)
   for check_vma, names in ((True, sharded_names), (False, ('fp',))):
-    sharded = _jit(jax.shard_map(
+    sharded = cases.cheap_jit(jax.shard_map(
         lambda *args: all_penalties(*args, axis_name='data', names=names), mesh=mesh,
         in_specs=(P(), P('data'), P('data'), P()), out_specs=P(), check_vma=check_vma))(
             params, inputs, labels, rng)
@@ -187,7 +158,7 @@ def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devi
   """penalty('fp') is batch_fisher_trace and penalty('fp_per_example') is
   fisher_trace(estimator='sampled') for the same (params, inputs, rng): on one device, and
   inside shard_map over 8 devices (2 examples each), where both equal the one-device values."""
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(13)
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
 
@@ -207,8 +178,8 @@ def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devi
                                                rng=rng),
     }
 
-  single = _jit(both)(params, inputs, labels, rng)
-  sharded = _jit(jax.shard_map(lambda *a: both(*a, axis_name='data'), mesh=mesh,
+  single = cases.cheap_jit(both)(params, inputs, labels, rng)
+  sharded = cases.cheap_jit(jax.shard_map(lambda *a: both(*a, axis_name='data'), mesh=mesh,
                                in_specs=(P(), P('data'), P('data'), P()), out_specs=P()))(
                                    params, inputs, labels, rng)
   assert float(single['fp']) > 1e-4 and float(single['fp_per_example']) > 1e-4
@@ -220,7 +191,7 @@ def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devi
 
 
 def test_fp_exact_is_a_deprecated_alias_of_fp_per_example_that_warns_once(x64):
-  logits_fn, params, inputs, labels = _problem()
+  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(1)
   regularizers._warned.clear()  # pylint: disable=protected-access
   with pytest.warns(DeprecationWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):

@@ -26,6 +26,7 @@ from fisher_jax import data  # noqa: E402
 from fisher_jax import models  # noqa: E402
 from fisher_jax import optim  # noqa: E402
 from fisher_jax import parallel  # noqa: E402
+from fisher_jax import settings  # noqa: E402
 from fisher_jax import state as state_lib  # noqa: E402
 from fisher_jax import steps  # noqa: E402
 from fisher_jax import train  # noqa: E402
@@ -42,10 +43,11 @@ def _loop_seconds(config, epochs: int) -> float:
 
 def _bare_seconds_per_step(config, num_steps: int) -> float:
   mesh = parallel.make_mesh()
-  inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed)
-  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-  model = models.get_model(config.model.name, inp.spec.num_classes, **model_kwargs)
-  tx = optim.make_optimizer(config, inp.steps_per_epoch)
+  run = settings.read(config)
+  inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
+  model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
+  tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=inp.steps_per_epoch,
+                            num_epochs=run.num_epochs)
   state = jax.jit(lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
   step = parallel.data_parallel(steps.make_train_step(model, tx), mesh, batch_args=(1,),

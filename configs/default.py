@@ -38,6 +38,9 @@ def get_config():
   config.optimizer.weight_decay = 0.0
   config.optimizer.schedule = 'constant'
   config.optimizer.warmup_epochs = 0.0
+  # schedule='step': multiply the learning rate by decay_factor at each of decay_epochs.
+  config.optimizer.decay_epochs = ()
+  config.optimizer.decay_factor = 0.1
 
   config.regularizer = ml_collections.ConfigDict()
   config.regularizer.name = 'none'

@@ -1,12 +1,15 @@
 """Optimizers, learning-rate schedules and the penalty transformation (optax).
 
-`make_optimizer(config, steps_per_epoch)` returns the optax transformation the training loop
-uses: `add_penalty_gradient` for `config.regularizer` (unless its name is 'none') chained with
-the optimizer of `config.optimizer` and its schedule. It always accepts the extra argument
+`make_optimizer(opt, reg, steps_per_epoch=..., num_epochs=...)` returns the optax
+transformation the training loop uses, from the validated settings of `config.optimizer` and
+`config.regularizer` (`fisher_jax.settings`): `add_penalty_gradient` for the regularizer (unless
+its name is 'none') chained with the optimizer and its schedule. It always accepts the extra argument
 `penalty_fn`, so one step function serves every regularizer:
 
 ```
-tx = optim.make_optimizer(config, steps_per_epoch)
+run = settings.read(config)
+tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=steps_per_epoch,
+                          num_epochs=run.num_epochs)
 opt_state = tx.init(params)
 ...  # in the step (one device's view):
 penalty_fn = regularizers.make_penalty_fn(config.regularizer.name, logits_fn, inputs, labels,
@@ -23,7 +26,7 @@ With `every_k > 1` the penalty is recomputed on some steps only. By default the 
 decides on the device (`lax.cond`), so one compiled step serves all steps. On CPU, where XLA runs
 convolutions inside a `lax.cond` branch several times slower, let the host decide instead: compile
 the step twice, with `tx.update(..., recompute_penalty=True)` and `recompute_penalty=False`, and
-pick one per step with `make_recompute_fn(config, steps_per_epoch)(updates_done)`; the training
+pick one per step with `make_recompute_fn(reg, steps_per_epoch)(updates_done)`; the training
 loop (`train.py`) does this.
 """
 
@@ -35,10 +38,11 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from fisher_jax import regularizers
+from fisher_jax import cadence
+from fisher_jax import settings as settings_lib
 
-OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
-SCHEDULES = ('constant', 'step', 'cosine')
+OPTIMIZERS = settings_lib.OPTIMIZERS
+SCHEDULES = settings_lib.SCHEDULES
 
 
 class PenaltyState(NamedTuple):
@@ -58,7 +62,7 @@ class PenaltyState(NamedTuple):
 
 def recompute_due(count, *, every_k: int, start_step: int):
   """Whether the update after `count` updates recomputes the penalty (host ints or arrays)."""
-  return (count >= start_step) & ((count - start_step) % every_k == 0)
+  return cadence.is_due(count, every_k, start=start_step)
 
 
 def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int = 1,
@@ -167,52 +171,27 @@ def latest_penalty(opt_state) -> jax.Array:
   return jnp.zeros([], jnp.float32) if state is None else state.value
 
 
-def _number(field: str, value, *, low: float, low_ok: bool = True, high: float = None):
-  """Returns `value` after checking low <(=) value (< high); `field` names the config field."""
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
-  if not ok:
-    bound = f'>= {low}' if low_ok else f'> {low}'
-    if high is not None:
-      bound += f' and < {high}'
-    raise ValueError(f'{field}={value!r} is invalid; it must be a number {bound}.')
-  return value
-
-
-def make_schedule(opt_config, steps_per_epoch: int, num_epochs: float) -> optax.Schedule:
+def make_schedule(opt: settings_lib.OptimizerSettings, steps_per_epoch: int,
+                  num_epochs: float) -> optax.Schedule:
   """Learning rate per step: linear warm-up from 0 for `warmup_epochs`, then the schedule.
 
   'constant' keeps `learning_rate`; 'cosine' decays it to 0 at the end of training
   (`num_epochs`); 'step' multiplies it by `decay_factor` at each epoch in `decay_epochs`
   (epochs counted from the start of training, warm-up included).
   """
-  base = _number('optimizer.learning_rate', opt_config.learning_rate, low=0, low_ok=False)
-  warmup_epochs = _number('optimizer.warmup_epochs', opt_config.get('warmup_epochs', 0),
-                          low=0)
-  total = max(int(round(num_epochs * steps_per_epoch)), 1)
-  warmup = int(round(warmup_epochs * steps_per_epoch))
-  name = opt_config.get('schedule', 'constant')
-  if name == 'cosine':
+  base = opt.learning_rate
+  total = max(cadence.epochs_to_steps(num_epochs, steps_per_epoch), 1)
+  warmup = cadence.epochs_to_steps(opt.warmup_epochs, steps_per_epoch)
+  if opt.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total, warmup + 1))
-  if name == 'constant':
+  if opt.schedule == 'constant':
     main = optax.constant_schedule(base)
-  elif name == 'step':
-    decay_epochs = opt_config.get('decay_epochs', ())
-    factor = _number('optimizer.decay_factor', opt_config.get('decay_factor', 0.1), low=0,
-                     low_ok=False)
-    if isinstance(decay_epochs, (int, float)):
-      decay_epochs = (decay_epochs,)
-    if not decay_epochs:
-      raise ValueError("optimizer.decay_epochs is empty; schedule='step' needs the epochs at "
-                       'which to multiply the learning rate by optimizer.decay_factor.')
+  else:  # 'step'
     boundaries = {}
-    for epoch in decay_epochs:
-      _number('optimizer.decay_epochs', epoch, low=0, low_ok=False)
-      step = int(round(epoch * steps_per_epoch))
-      boundaries[step] = boundaries.get(step, 1.0) * factor
+    for epoch in opt.decay_epochs:
+      step = cadence.epochs_to_steps(epoch, steps_per_epoch)
+      boundaries[step] = boundaries.get(step, 1.0) * opt.decay_factor
     main = optax.piecewise_constant_schedule(base, boundaries)
-  else:
-    raise ValueError(f'optimizer.schedule={name!r} is unknown; choose one of {list(SCHEDULES)}.')
   if warmup <= 0:
     return main
   # join_schedules calls the second schedule with (step - warmup): shift back to absolute steps.
@@ -221,86 +200,65 @@ def make_schedule(opt_config, steps_per_epoch: int, num_epochs: float) -> optax.
       boundaries=[warmup])
 
 
-def _make_base_optimizer(opt_config, learning_rate) -> optax.GradientTransformation:
+def _make_base_optimizer(opt: settings_lib.OptimizerSettings,
+                         learning_rate) -> optax.GradientTransformation:
   """The optimizer of `config.optimizer` (without the penalty)."""
-  name = opt_config.name
-  if name not in OPTIMIZERS:
-    raise ValueError(f'optimizer.name={name!r} is unknown; choose one of {list(OPTIMIZERS)}.')
-  wd = _number('optimizer.weight_decay', opt_config.get('weight_decay', 0.0), low=0)
-  nesterov = opt_config.get('nesterov', False)
-  if not isinstance(nesterov, bool):
-    raise ValueError(f'optimizer.nesterov={nesterov!r} is invalid; it must be True or False.')
-  if name in ('sgd', 'momentum', 'nesterov'):
-    default_momentum = 0.0 if name == 'sgd' else 0.9
-    momentum = _number('optimizer.momentum', opt_config.get('momentum', default_momentum),
-                       low=0, high=1)
-    nesterov = nesterov or name == 'nesterov'
-    if name != 'sgd' and momentum == 0:
-      raise ValueError(f'optimizer.momentum=0 is invalid for optimizer.name={name!r}; set it in '
-                       "(0, 1) or use optimizer.name='sgd'.")
-    if nesterov and momentum == 0:
-      raise ValueError('optimizer.nesterov=True needs optimizer.momentum in (0, 1).')
-    base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  if opt.name in ('sgd', 'momentum', 'nesterov'):
+    base = optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov)
+  elif opt.name == 'adamw':
+    return optax.adamw(learning_rate, weight_decay=opt.weight_decay)  # Decoupled weight decay.
   else:
-    if nesterov:
-      raise ValueError(f'optimizer.nesterov=True is only for SGD; optimizer.name={name!r} '
-                       'does not use it.')
-    if name == 'adamw':
-      return optax.adamw(learning_rate, weight_decay=wd)  # Decoupled weight decay.
     base = optax.adam(learning_rate)
-  if wd:  # L2 regularization added to the gradient (coupled).
-    return optax.chain(optax.add_decayed_weights(wd), base)
+  if opt.weight_decay:  # L2 regularization added to the gradient (coupled).
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay), base)
   return base
 
 
-def _penalty_schedule(reg_config, steps_per_epoch: int):
-  """(strength, every_k, start_step) of `config.regularizer`, each field checked."""
-  regularizers.validate_name(reg_config.name)
-  strength = _number('regularizer.strength', reg_config.get('strength', 0.0), low=0)
-  every_k = reg_config.get('every_k', 1)
-  if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
-    raise ValueError(f'regularizer.every_k={every_k!r} is invalid; it must be an integer >= 1.')
-  start_epoch = _number('regularizer.start_epoch', reg_config.get('start_epoch', 0), low=0)
-  return strength, every_k, int(round(start_epoch * steps_per_epoch))
+def _start_step(reg: settings_lib.RegularizerSettings, steps_per_epoch: int) -> int:
+  return cadence.epochs_to_steps(reg.start_epoch, steps_per_epoch)
 
 
-def make_penalty(reg_config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """`add_penalty_gradient` from `config.regularizer.{strength, every_k, start_epoch}`."""
-  strength, every_k, start_step = _penalty_schedule(reg_config, steps_per_epoch)
-  return add_penalty_gradient(strength, every_k=every_k, start_step=start_step)
+def make_penalty(reg: settings_lib.RegularizerSettings,
+                 steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """`add_penalty_gradient` from `regularizer.{strength, every_k, start_epoch}`."""
+  return add_penalty_gradient(reg.strength, every_k=reg.every_k,
+                              start_step=_start_step(reg, steps_per_epoch))
 
 
-def make_recompute_fn(config, steps_per_epoch: int) -> Callable[[int], bool]:
+def make_recompute_fn(reg: settings_lib.RegularizerSettings,
+                      steps_per_epoch: int) -> Callable[[int], bool]:
   """Host-side `count -> bool`: whether the update after `count` updates recomputes the penalty
-  of `config.regularizer` (always False for 'none'); for `recompute_penalty=`."""
-  reg_config = config.get('regularizer', None)
-  if reg_config is None or reg_config.name == 'none':
+  of `regularizer` (always False for 'none'); for `recompute_penalty=`."""
+  if reg.name == 'none':
     return lambda count: False
-  _, every_k, start_step = _penalty_schedule(reg_config, steps_per_epoch)
-  return lambda count: bool(recompute_due(int(count), every_k=every_k, start_step=start_step))
+  start_step = _start_step(reg, steps_per_epoch)
+  return lambda count: bool(recompute_due(int(count), every_k=reg.every_k,
+                                          start_step=start_step))
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """The optimizer of `config.optimizer`, after the penalty of `config.regularizer`.
+def make_optimizer(opt: settings_lib.OptimizerSettings,
+                   reg: Optional[settings_lib.RegularizerSettings], *, steps_per_epoch: int,
+                   num_epochs: float) -> optax.GradientTransformationExtraArgs:
+  """The optimizer of `opt` (the validated `config.optimizer`), after the penalty of `reg`.
 
   `weight_decay` is L2 regularization added to the gradient (coupled, as in the study's SGD
   runs); for 'adamw' it is the decoupled decay. The penalty gradient is added to the loss
   gradient before weight decay and the optimizer see it. The result always accepts the extra
-  argument `penalty_fn` (ignored when `regularizer.name` is 'none').
+  argument `penalty_fn` (ignored without a regularizer or when `reg.name` is 'none').
+
+  Args:
+    opt: `settings.read_optimizer(config.optimizer)`.
+    reg: `settings.read_regularizer(config.regularizer)`, or None for no penalty.
+    steps_per_epoch: optimizer updates per epoch (converts the epochs of the config).
+    num_epochs: the run's length (the cosine schedule ends there).
 
   Raises:
-    ValueError: an unknown name or an impossible value, naming the config field.
+    ValueError: `steps_per_epoch` is not a positive integer.
   """
   if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
     raise ValueError(f'steps_per_epoch={steps_per_epoch} must be an integer >= 1; check '
                      'batch_size against the training set size.')
-  num_epochs = _number('num_epochs', config.num_epochs, low=0, low_ok=False)
-  lr = make_schedule(config.optimizer, steps_per_epoch, num_epochs)
-  base = _make_base_optimizer(config.optimizer, lr)
-  reg_config = config.get('regularizer', None)
-  if reg_config is None:
+  base = _make_base_optimizer(opt, make_schedule(opt, steps_per_epoch, num_epochs))
+  if reg is None or reg.name == 'none':
     return optax.with_extra_args_support(base)
-  penalty = make_penalty(reg_config, steps_per_epoch)
-  if reg_config.name == 'none':
-    return optax.with_extra_args_support(base)
-  return optax.chain(penalty, base)
+  return optax.chain(make_penalty(reg, steps_per_epoch), base)

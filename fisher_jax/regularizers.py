@@ -45,8 +45,8 @@ for the whole batch (each device draws the global batch's noise and keeps its ro
 How a training step uses this module (one device's view, inside `shard_map` over 'data'):
 
 ```
-tx = optim.make_optimizer(config, steps_per_epoch)   # chains optim.add_penalty_gradient
-penalty_fn = regularizers.make_penalty_fn(config.regularizer.name, logits_fn, inputs, labels,
+tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=spe, num_epochs=n)
+penalty_fn = regularizers.make_penalty_fn(run.regularizer.name, logits_fn, inputs, labels,
                                           rng=step_rng, axis_name='data')
 grads = lax.pmean(local_loss_grads, 'data')
 updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)

@@ -13,7 +13,7 @@ batch-sharded inputs: XLA partitions them, so their numbers do not depend on the
 They use eval-mode (running-average) BatchNorm, so per-example quantities are per-example.
 """
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -31,23 +31,14 @@ from fisher_jax.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def _variables(params, batch_stats) -> Dict[str, Any]:
-  if batch_stats:
-    return {'params': params, 'batch_stats': batch_stats}
-  return {'params': params}
-
-
-def _train_mode_logits_fn(model: nn.Module, batch_stats, rng) -> Callable:
-  """`logits_fn(params, inputs)` as the training forward pass sees it (batch statistics)."""
-
-  def logits_fn(params, inputs):
-    variables = _variables(params, batch_stats)
-    if batch_stats:
-      return model.apply(variables, inputs, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': rng})[0]
-    return model.apply(variables, inputs, train=True, rngs={'dropout': rng})
-
-  return logits_fn
+def _apply_train(model: nn.Module, state: TrainState, params, inputs, rng):
+  """The training forward pass at `params`: (logits, updated batch_stats ({} without BN))."""
+  variables = state.replace(params=params).variables()
+  if state.batch_stats:
+    logits, updated = model.apply(variables, inputs, train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': rng})
+    return logits, updated['batch_stats']
+  return model.apply(variables, inputs, train=True, rngs={'dropout': rng}), state.batch_stats
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -61,13 +52,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       (`optim.make_optimizer` does), which receives `penalty_fn` as an extra argument.
     regularizer: `config.regularizer.name`. Batch-level penalties (fp, gp, gpr) use the
       training forward pass (BatchNorm with batch statistics); the per-example ones
-      (`regularizers.PER_EXAMPLE`: fp_per_example, gpx) use eval-mode logits, which are per-example
-      independent. The penalty is that of the global batch (see `regularizers`).
+      (`regularizers.PER_EXAMPLE`: fp_per_example, gpx) use eval-mode logits on a model with
+      BatchNorm, which are per-example independent. The penalty is that of the global batch
+      (see `regularizers`).
     recompute_penalty: who decides whether a step recomputes the penalty (see
-      `optim.add_penalty_gradient`). None: the device, with `lax.cond`, one step for all.
-      True / False: the host; this step always / never recomputes it, and the caller picks the
-      step with `optim.make_recompute_fn` (no `lax.cond`, which on XLA:CPU runs convolutions
-      several times slower). Ignored without a regularizer.
+      `optim.add_penalty_gradient`). None: the device; the step hands `penalty_fn` to the
+      transformation, whose `lax.cond` calls it when due (one step for all; the library's
+      default). True / False: the host; this step always / never recomputes it, and the caller
+      picks the step with `optim.make_recompute_fn` (no `lax.cond`, which on XLA:CPU runs
+      convolutions several times slower); the training loop does this. A recomputing step of a
+      model without BatchNorm shares one forward pass between the loss gradient and the
+      penalty (`regularizers.loss_and_penalty_grads`). Ignored without a regularizer.
 
   The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
   and 'penalty' (the latest penalty value) when a regularizer is configured.
@@ -79,58 +74,40 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     device_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
     images, labels = batch['image'], batch['label']
 
-    def loss_fn(params):
-      variables = _variables(params, state.batch_stats)
-      if state.batch_stats:
-        logits, updated = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                                      rngs={'dropout': device_rng})
-        batch_stats = updated['batch_stats']
-      else:
-        logits = model.apply(variables, images, train=True, rngs={'dropout': device_rng})
-        batch_stats = state.batch_stats
-      loss = jnp.mean(losses.cross_entropy(logits, labels))
-      return loss, (logits, batch_stats)
+    def train_logits_fn(params, inputs):
+      return _apply_train(model, state, params, inputs, device_rng)[0]
 
     def loss_grads(params):
+      def loss_fn(p):
+        logits, batch_stats = _apply_train(model, state, p, images, device_rng)
+        return jnp.mean(losses.cross_entropy(logits, labels)), (logits, batch_stats)
       (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return lax.pmean(loss, AXIS), lax.pmean(grads, AXIS), logits, batch_stats
 
     extra = {}
+    if regularizer == 'none' or recompute_penalty is False:
+      # No penalty this step (the transformation reuses its cached gradient).
+      loss, grads, logits, batch_stats = loss_grads(state.params)
+    elif recompute_penalty and not state.batch_stats:
+      # The host says it is due, and training and eval forward passes agree (no BatchNorm):
+      # the loss gradient and the penalty share one forward pass.
+      fused = regularizers.loss_and_penalty_grads(regularizer, train_logits_fn, state.params,
+                                                  images, labels, rng=step_rng,
+                                                  axis_name=AXIS)
+      loss, grads, logits, batch_stats = (fused.loss, fused.loss_grads, fused.logits,
+                                          state.batch_stats)
+      extra['penalty_fn'] = lambda _: (fused.penalty, fused.penalty_grads)
+    else:
+      # BatchNorm, or the device decides: the transformation calls penalty_fn when due.
+      loss, grads, logits, batch_stats = loss_grads(state.params)
+      if regularizer in regularizers.PER_EXAMPLE and state.batch_stats:
+        penalty_logits_fn = curvature.make_logits_fn(model, state.batch_stats)
+      else:
+        penalty_logits_fn = train_logits_fn
+      extra['penalty_fn'] = regularizers.make_penalty_fn(
+          regularizer, penalty_logits_fn, images, labels, rng=step_rng, axis_name=AXIS)
     if regularizer != 'none' and recompute_penalty is not None:
       extra['recompute_penalty'] = recompute_penalty
-    if regularizer == 'none' or recompute_penalty is False:
-      loss, grads, logits, batch_stats = loss_grads(state.params)
-    elif not state.batch_stats:
-      # No BatchNorm: training and eval forward passes agree, so when the penalty is due the
-      # loss gradient and the penalty share one forward pass; the cached penalty otherwise.
-      logits_fn = _train_mode_logits_fn(model, {}, device_rng)
-
-      def with_penalty(params):
-        fused = regularizers.loss_and_penalty_grads(regularizer, logits_fn, params, images,
-                                                    labels, rng=step_rng, axis_name=AXIS)
-        return (fused.loss, fused.loss_grads, fused.logits), (fused.penalty,
-                                                              fused.penalty_grads)
-
-      def without_penalty(params):
-        loss, grads, logits, _ = loss_grads(params)
-        return (loss, grads, logits), (jnp.zeros([], loss.dtype),
-                                       jax.tree.map(jnp.zeros_like, params))
-
-      if recompute_penalty:
-        (loss, grads, logits), penalty = with_penalty(state.params)
-      else:
-        (loss, grads, logits), penalty = lax.cond(optim.penalty_due(state.opt_state),
-                                                  with_penalty, without_penalty, state.params)
-      batch_stats = state.batch_stats
-      extra['penalty_fn'] = lambda _: penalty
-    else:
-      loss, grads, logits, batch_stats = loss_grads(state.params)
-      if regularizer in regularizers.PER_EXAMPLE:
-        logits_fn = curvature.make_logits_fn(model, state.batch_stats)
-      else:
-        logits_fn = _train_mode_logits_fn(model, state.batch_stats, device_rng)
-      extra['penalty_fn'] = regularizers.make_penalty_fn(
-          regularizer, logits_fn, images, labels, rng=step_rng, axis_name=AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss,
@@ -154,8 +131,7 @@ def make_eval_step(model: nn.Module) -> Callable:
   """
 
   def eval_step(state: TrainState, batch: Batch):
-    logits = model.apply(_variables(state.params, state.batch_stats), batch['image'],
-                         train=False)
+    logits = model.apply(state.variables(), batch['image'], train=False)
     mask = batch['mask'].astype(jnp.float32)
     sums = {
         'loss': jnp.sum(losses.cross_entropy(logits, batch['label']) * mask),

@@ -3,13 +3,15 @@
 It builds the parts from the config (data, model, optimizer with the penalty, state), resumes
 from the latest checkpoint in `workdir` when there is one, and runs the loop: data-parallel
 training steps, evaluation on val/test, curvature measurements on fixed training subsets,
-logging (TensorBoard, console, metrics.jsonl) and checkpoints. See DESIGN.md for the workdir
+logging (TensorBoard, console, metrics.jsonl) and checkpoints. See docs/design.md for the workdir
 layout and the metric names.
+
+The config is validated once, first (`settings.read`); each part receives its own settings.
 """
 
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, FrozenSet, Optional
 
 from fisher_jax import _extras
 
@@ -22,13 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fisher_jax import cadence
 from fisher_jax import checkpoint
 from fisher_jax import config_files
-from fisher_jax import curvature
 from fisher_jax import data
 from fisher_jax import models
 from fisher_jax import optim
 from fisher_jax import parallel
+from fisher_jax import settings as settings_lib
 from fisher_jax import state as state_lib
 from fisher_jax import steps
 from fisher_jax import writers
@@ -37,29 +40,6 @@ CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 # Keys that may change when a run is resumed: they do not alter the trajectory.
 RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps')
-
-
-def _check_loop_fields(config: ml_collections.ConfigDict):
-  """Validates the fields the loop itself owns (the parts validate their own)."""
-  positive = {'batch_size': config.batch_size, 'num_epochs': config.num_epochs,
-              'measure.num_examples': config.measure.num_examples,
-              'measure.hessian_probes': config.measure.hessian_probes,
-              'measure.hessian_num_examples': config.measure.hessian_num_examples}
-  for field, value in positive.items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{field}={value!r} must be a positive integer.')
-  non_negative = {'eval_every_epochs': config.eval_every_epochs,
-                  'checkpoint_every_epochs': config.checkpoint_every_epochs,
-                  'log_every_steps': config.log_every_steps,
-                  'measure.every_epochs': config.measure.every_epochs,
-                  'measure.every_steps': config.measure.every_steps,
-                  'measure.hessian_every_epochs': config.measure.hessian_every_epochs}
-  for field, value in non_negative.items():
-    if not isinstance(value, int) or value < 0:
-      raise ValueError(f'{field}={value!r} must be a non-negative integer (0 turns it off).')
-  if config.measure.fisher_estimator not in curvature.FISHER_ESTIMATORS:
-    raise ValueError(f'measure.fisher_estimator={config.measure.fisher_estimator!r} is '
-                     f'unknown; choose one of {list(curvature.FISHER_ESTIMATORS)}.')
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -119,21 +99,20 @@ def _evaluate(eval_step, state, inp, split: str, batch_size: int, mesh) -> Dict[
 class _Measurements:
   """The loop's curvature measurements on fixed training subsets, as configured in `measure.*`."""
 
-  def __init__(self, config, model, inp, mesh, rng):
-    mc = config.measure
-    self._config = config
+  def __init__(self, measure: settings_lib.MeasureSettings, *, batch_size: int,
+               label_noise: float, model, inp, mesh, rng):
     self._rng = rng
-    self._subset = _place_subset(inp.fixed_subset(mc.num_examples, kind='all'), mesh)
-    self._measure = jax.jit(steps.make_measure_fn(model, estimator=mc.fisher_estimator,
-                                                  batch_size=config.batch_size))
+    self._subset = _place_subset(inp.fixed_subset(measure.num_examples, kind='all'), mesh)
+    self._measure = jax.jit(steps.make_measure_fn(model, estimator=measure.fisher_estimator,
+                                                  batch_size=batch_size))
     self._hessian = None
-    if mc.hessian_every_epochs:
+    if measure.hessian_every_epochs:
       self._hessian_subset = _place_subset(
-          inp.fixed_subset(mc.hessian_num_examples, kind='all'), mesh)
-      self._hessian = jax.jit(steps.make_hessian_fn(model, num_probes=mc.hessian_probes))
+          inp.fixed_subset(measure.hessian_num_examples, kind='all'), mesh)
+      self._hessian = jax.jit(steps.make_hessian_fn(model, num_probes=measure.hessian_probes))
     self._noisy = {}
-    if config.dataset.label_noise > 0:
-      self._noisy = {kind: _place_subset(inp.fixed_subset(mc.num_examples, kind=kind), mesh)
+    if label_noise > 0:
+      self._noisy = {kind: _place_subset(inp.fixed_subset(measure.num_examples, kind=kind), mesh)
                      for kind in ('clean', 'noisy')}
       self._subset_metrics = jax.jit(steps.make_subset_metrics_fn(model))
 
@@ -151,16 +130,29 @@ class _Measurements:
     return self._hessian(state, self._hessian_subset['image'], self._hessian_subset['label'],
                          rng)
 
-  def due(self, step: int, steps_per_epoch: int, last_step: int):
-    """Which measurements are due after `step` updates: (fisher, hessian)."""
-    mc = self._config.measure
-    epoch_end = step % steps_per_epoch == 0
-    epoch = step // steps_per_epoch
-    fisher = bool(mc.every_steps and step % mc.every_steps == 0) or bool(
-        epoch_end and mc.every_epochs and (epoch % mc.every_epochs == 0 or step == last_step))
-    hessian = bool(epoch_end and self._hessian is not None and (
-        epoch % mc.hessian_every_epochs == 0 or step == last_step))
-    return fisher, hessian
+
+def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int) -> FrozenSet[str]:
+  """What is due after `step` updates: 'epoch_end', 'log', 'fisher', 'hessian', 'eval',
+  'checkpoint'.
+
+  Train metrics are logged at epoch ends and every `log_every_steps`; Tr(F) every
+  `measure.every_steps` and every `measure.every_epochs` epochs; Tr(H) every
+  `measure.hessian_every_epochs` epochs; evaluation and checkpoints every `eval_every_epochs` /
+  `checkpoint_every_epochs` epochs. Each epoch cadence that is on also fires at the last step;
+  evaluation and checkpoints fire there even when off.
+  """
+  epoch, in_epoch = divmod(step, steps_per_epoch)
+  epoch_end, last = in_epoch == 0, step == run.num_epochs * steps_per_epoch
+  m = run.measure
+  by_epoch = lambda every, always_last: epoch_end and cadence.is_due(  # noqa: E731
+      epoch, every, last=last and (always_last or every > 0))
+  due = {'epoch_end': epoch_end,
+         'log': epoch_end or cadence.is_due(step, run.log_every_steps),
+         'fisher': cadence.is_due(step, m.every_steps) or by_epoch(m.every_epochs, False),
+         'hessian': by_epoch(m.hessian_every_epochs, False),
+         'eval': by_epoch(run.eval_every_epochs, True),
+         'checkpoint': by_epoch(run.checkpoint_every_epochs, True)}
+  return frozenset(k for k, v in due.items() if v)
 
 
 def _init_from(state, init_from, mesh):
@@ -183,10 +175,6 @@ def _init_from(state, init_from, mesh):
   return state.replace(params=placed[0], batch_stats=placed[1])
 
 
-def _every(epoch: int, every: int, is_last: bool) -> bool:
-  return is_last or bool(every and epoch % every == 0)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        on_epoch: Optional[Callable[[int], bool]] = None) -> Dict[str, float]:
   """Trains and evaluates the model of `config`, logging to and checkpointing in `workdir`.
@@ -207,26 +195,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     ValueError: a config field is unknown or impossible, or the workdir holds another run.
   """
-  _check_loop_fields(config)
+  run = settings_lib.read(config)
   _check_workdir(workdir, config)
   mesh = parallel.make_mesh()
-  parallel.check_divisible(config.batch_size, mesh)
-  inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed)
-  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-  model = models.get_model(config.model.name, inp.spec.num_classes, **model_kwargs)
-  tx = optim.make_optimizer(config, inp.steps_per_epoch)
+  parallel.check_divisible(run.batch_size, mesh)
+  inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
+  model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
   steps_per_epoch = inp.steps_per_epoch
-  last_step = config.num_epochs * steps_per_epoch
+  tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=steps_per_epoch,
+                            num_epochs=run.num_epochs)
+  last_step = run.num_epochs * steps_per_epoch
   is_writer = jax.process_index() == 0
 
-  rng = jax.random.PRNGKey(config.seed)
+  rng = jax.random.PRNGKey(run.seed)
   init_rng, measure_rng = jax.random.split(rng)
   create = jax.jit(
       lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
       out_shardings=parallel.replicated(mesh))
   state = create(init_rng)
   # Read (and check) another run's checkpoint before this run writes anything.
-  initial = _init_from(state, config.init_from, mesh) if config.init_from.workdir else None
+  initial = _init_from(state, run.init_from, mesh) if run.init_from.workdir else None
 
   os.makedirs(workdir, exist_ok=True)
   if is_writer and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
@@ -244,20 +232,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
   # The host decides which steps recompute the penalty (no lax.cond on the device): two
   # compiled steps, each compiled on first use.
-  recompute_due = optim.make_recompute_fn(config, steps_per_epoch)
+  recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch)
   train_steps = {
       flag: parallel.data_parallel(
-          steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag),
+          steps.make_train_step(model, tx, run.regularizer.name, recompute_penalty=flag),
           mesh, batch_args=(1,), num_args=2, donate_argnums=(0,))
       for flag in (True, False)}
   eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
-  measurements = _Measurements(config, model, inp, mesh, measure_rng)
-  eval_splits = [s for s in ('val', 'test') if inp.has_split(s)]
+  measurements = _Measurements(run.measure, batch_size=run.batch_size,
+                               label_noise=run.dataset.label_noise, model=model, inp=inp,
+                               mesh=mesh, rng=measure_rng)
+  eval_splits = [s for s in data.EVAL_SPLITS if inp.has_split(s)]
 
   if start_step == 0:
     writer.write_hparams(config_files.flat_fields(_config_dict(config)))
-    if config.measure.every_epochs or config.measure.every_steps:
+    if run.measure.every_epochs or run.measure.every_steps:
       writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
   # Console progress from process 0 only (the others' writers discard, but it also logs).
   report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
@@ -271,31 +261,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
     train_count += 1
     report(step)
-
-    epoch_end = step % steps_per_epoch == 0
-    epoch = step // steps_per_epoch
-    is_last = step == last_step
+    due = _due(run, step, steps_per_epoch)
     record: Dict[str, Any] = {}
-    if epoch_end or (config.log_every_steps and step % config.log_every_steps == 0):
-      means = jax.device_get(train_sums)
+    if 'log' in due:
       record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
-                     float(v) / train_count for k, v in means.items()})
+                     float(v) / train_count for k, v in jax.device_get(train_sums).items()})
       train_sums, train_count = None, 0
-    fisher_due, hessian_due = measurements.due(step, steps_per_epoch, last_step)
-    if fisher_due:
+    if 'fisher' in due:
       record.update(measurements.fisher(state))
-    if hessian_due:
+    if 'hessian' in due:
       record.update(measurements.hessian(state))
-    if epoch_end and _every(epoch, config.eval_every_epochs, is_last):
-      for split in eval_splits:
-        record.update(_evaluate(eval_step, state, inp, split, config.batch_size, mesh))
+    for split in eval_splits if 'eval' in due else ():
+      record.update(_evaluate(eval_step, state, inp, split, run.batch_size, mesh))
     if record:
       record = {k: float(v) for k, v in jax.device_get(record).items()}
       writer.write_scalars(step, record)
       latest.update(record)
-    if epoch_end and _every(epoch, config.checkpoint_every_epochs, is_last):
+    if 'checkpoint' in due:
       ckpt.save(step, state)
-    if epoch_end and on_epoch is not None and on_epoch(epoch):
+    if on_epoch is not None and 'epoch_end' in due and on_epoch(step // steps_per_epoch):
       break
 
   ckpt.close()

@@ -22,6 +22,7 @@ from fisher_jax import data
 from fisher_jax import models
 from fisher_jax import optim
 from fisher_jax import regularizers
+from fisher_jax import settings
 
 
 def _parse(job: runner.Job):
@@ -55,7 +56,9 @@ def test_every_run_of_every_sweep_builds_a_valid_config(scale, tmp_path):
       model_kwargs = {k: v for k, v in config.model.items() if k != 'name'}
       models.get_model(config.model.name, spec.num_classes, **model_kwargs)
       regularizers.validate_name(config.regularizer.name)
-      optim.make_optimizer(config, steps_per_epoch=10)  # Checks optimizer and penalty fields.
+      run_settings = settings.read(config)  # Checks every field, the optimizer's and penalty's.
+      optim.make_optimizer(run_settings.optimizer, run_settings.regularizer, steps_per_epoch=10,
+                           num_epochs=run_settings.num_epochs)
       if config.init_from.workdir:
         assert os.path.dirname(config.init_from.workdir) == os.path.join(str(tmp_path), name)
 

@@ -10,12 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+import cases
 from fisher_jax import optim
 from fisher_jax import regularizers
-
-# Tiny programs: the cheap XLA CPU pipeline keeps compile time (most of this file's time) low.
-_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0,
-                                                     'xla_llvm_disable_expensive_passes': True})
+from fisher_jax import settings
 
 
 def _quadratic_penalty(params):
@@ -37,7 +35,7 @@ def _run(tx, num_steps, penalty_fn=_quadratic_penalty, host_decides=None):
     jax.debug.callback(lambda: calls.append(1))
     return penalty_fn(p)
 
-  updates_fns = {flag: _jit(lambda g, s, p, flag=flag: tx.update(
+  updates_fns = {flag: cases.cheap_jit(lambda g, s, p, flag=flag: tx.update(
       g, s, p, penalty_fn=counted, recompute_penalty=flag)) for flag in (None, True, False)}
   params = jnp.linspace(-1.0, 1.0, 5)
   state = tx.init(params)
@@ -154,6 +152,22 @@ def _config(**overrides):
   return config
 
 
+def _make_optimizer(config, steps_per_epoch):
+  """make_optimizer from the validated settings of `config`, as the training loop builds it."""
+  return optim.make_optimizer(settings.read_optimizer(config.optimizer),
+                              settings.read_regularizer(config.regularizer),
+                              steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
+
+
+def _make_recompute_fn(config, steps_per_epoch):
+  return optim.make_recompute_fn(settings.read_regularizer(config.regularizer), steps_per_epoch)
+
+
+def _schedule(config, steps_per_epoch, num_epochs):
+  return optim.make_schedule(settings.read_optimizer(config.optimizer), steps_per_epoch,
+                             num_epochs)
+
+
 @pytest.mark.parametrize('overrides, reference', [
     ({'optimizer.name': 'sgd'}, optax.sgd(0.1)),
     ({'optimizer.name': 'sgd', 'optimizer.momentum': 0.5}, optax.sgd(0.1, momentum=0.5)),
@@ -171,8 +185,8 @@ def _config(**overrides):
 def test_make_optimizer_matches_the_optax_optimizer(overrides, reference):
   config = _config(**overrides)
   if 'optimizer.momentum' not in overrides and overrides['optimizer.name'] == 'momentum':
-    del config.optimizer['momentum']  # The default momentum of 'momentum' is 0.9.
-  tx = optim.make_optimizer(config, steps_per_epoch=10)
+    config.optimizer.momentum = 0.9  # configs/default.py's momentum.
+  tx = _make_optimizer(config, steps_per_epoch=10)
   params = jnp.linspace(-1.0, 1.0, 4)
   state, ref_state = tx.init(params), reference.init(params)
   for t in range(3):
@@ -185,19 +199,19 @@ def test_make_optimizer_matches_the_optax_optimizer(overrides, reference):
 
 def test_schedules_warmup_step_and_cosine():
   spe = 10
-  constant = optim.make_schedule(_config(**{'optimizer.warmup_epochs': 2.0}).optimizer, spe, 10)
+  constant = _schedule(_config(**{'optimizer.warmup_epochs': 2.0}), spe, 10)
   np.testing.assert_allclose([constant(s) for s in (0, 10, 20, 50)], [0.0, 0.05, 0.1, 0.1],
                              rtol=1e-6)
   # Decay epochs count from the start of training, warm-up included.
-  step = optim.make_schedule(_config(**{'optimizer.schedule': 'step',
-                                        'optimizer.warmup_epochs': 1.0}).optimizer, spe, 10)
+  step = _schedule(_config(**{'optimizer.schedule': 'step', 'optimizer.warmup_epochs': 1.0}),
+                   spe, 10)
   np.testing.assert_allclose([step(s) for s in (5, 10, 39, 40, 79, 80)],
                              [0.05, 0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-5)
-  twice = optim.make_schedule(_config(**{'optimizer.schedule': 'step',
-                                         'optimizer.decay_epochs': (3, 3)}).optimizer, spe, 10)
+  twice = _schedule(_config(**{'optimizer.schedule': 'step', 'optimizer.decay_epochs': (3, 3)}),
+                    spe, 10)
   np.testing.assert_allclose([twice(29), twice(30)], [0.1, 0.001], rtol=1e-5)
-  cosine = optim.make_schedule(_config(**{'optimizer.schedule': 'cosine',
-                                          'optimizer.warmup_epochs': 2.0}).optimizer, spe, 10)
+  cosine = _schedule(_config(**{'optimizer.schedule': 'cosine', 'optimizer.warmup_epochs': 2.0}),
+                     spe, 10)
   np.testing.assert_allclose([cosine(s) for s in (0, 20, 60, 100)],
                              [0.0, 0.1, 0.05, 0.0], rtol=1e-5, atol=1e-9)
 
@@ -221,30 +235,25 @@ def test_schedules_warmup_step_and_cosine():
 ])
 def test_make_optimizer_rejects_invalid_config_fields(overrides, match):
   with pytest.raises(ValueError, match=match):
-    optim.make_optimizer(_config(**overrides), steps_per_epoch=10)
+    _make_optimizer(_config(**overrides), steps_per_epoch=10)
 
 
 def test_make_optimizer_adds_the_penalty_from_the_start_epoch():
   config = _config(**{'regularizer.name': 'fp', 'regularizer.strength': 0.5,
                       'regularizer.every_k': 2, 'regularizer.start_epoch': 1})
-  history, calls = _run(optim.make_optimizer(config, steps_per_epoch=3), num_steps=6)
+  history, calls = _run(_make_optimizer(config, steps_per_epoch=3), num_steps=6)
   for t, (params, grads, updates, _) in enumerate(history):
     if t == 3 or t == 5:
       cached = params ** 2 + 1.0
     expected = -0.1 * (grads + (0.5 * cached if t >= 3 else 0.0))
     np.testing.assert_allclose(updates, expected, rtol=1e-6, err_msg=f'step {t}')
   assert calls == 2
-  due = optim.make_recompute_fn(config, steps_per_epoch=3)
+  due = _make_recompute_fn(config, steps_per_epoch=3)
   assert [due(t) for t in range(6)] == [bool(s.recompute) for (_, _, _, (s, _)) in history]
   assert [due(t) for t in range(6)] == [False, False, False, True, False, True]
-  _, calls = _run(optim.make_optimizer(_config(), steps_per_epoch=3), num_steps=2)
+  _, calls = _run(_make_optimizer(_config(), steps_per_epoch=3), num_steps=2)
   assert calls == 0  # 'none' never calls penalty_fn.
-  assert not any(optim.make_recompute_fn(_config(), steps_per_epoch=3)(t) for t in range(6))
-
-
-def _mlp_logits(params, inputs):
-  """A two-layer tanh MLP: inputs [B, D] -> logits [B, 3]."""
-  return jnp.tanh(inputs @ params['w1'] + params['b1']) @ params['w2']
+  assert not any(_make_recompute_fn(_config(), steps_per_epoch=3)(t) for t in range(6))
 
 
 def test_training_step_on_eight_devices_equals_one_device(x64):
@@ -262,7 +271,7 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
 
   def loss_and_grads(params, inputs, labels, axis_name):
     loss_fn = lambda p: jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(  # noqa
-        _mlp_logits(p, inputs), labels))
+        cases.mlp_logits(p, inputs), labels))
     if axis_name is None:
       return jax.value_and_grad(loss_fn)(params)
     return jax.lax.pmean(jax.value_and_grad(loss_fn)(params), axis_name)
@@ -270,21 +279,22 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
   def step(params, opt_state, inputs, labels, rng, axis_name=None, shared=False,
            recompute=None):
     if recompute is not None:  # Decided on the host: no lax.cond.
-      r = regularizers.loss_and_penalty_grads('fp' if recompute else 'none', _mlp_logits, params,
-                                              inputs, labels, rng=rng, axis_name=axis_name)
+      r = regularizers.loss_and_penalty_grads('fp' if recompute else 'none', cases.mlp_logits,
+                                              params, inputs, labels, rng=rng,
+                                              axis_name=axis_name)
       updates, opt_state = tx.update(r.loss_grads, opt_state, params,
                                      penalty_fn=lambda _: (r.penalty, r.penalty_grads),
                                      recompute_penalty=recompute)
       return optax.apply_updates(params, updates), opt_state, r.loss
     if shared:
       def with_penalty(p):
-        r = regularizers.loss_and_penalty_grads('fp', _mlp_logits, p, inputs, labels, rng=rng,
+        r = regularizers.loss_and_penalty_grads('fp', cases.mlp_logits, p, inputs, labels, rng=rng,
                                                 axis_name=axis_name)
         return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
 
       def without_penalty(p):
         loss, grads = regularizers.loss_and_penalty_grads(
-            'none', _mlp_logits, p, inputs, labels, axis_name=axis_name)[:2]
+            'none', cases.mlp_logits, p, inputs, labels, axis_name=axis_name)[:2]
         return (loss, grads), (jnp.zeros([], loss.dtype), jax.tree.map(jnp.zeros_like, p))
 
       (loss, grads), penalty = jax.lax.cond(optim.penalty_due(opt_state), with_penalty,
@@ -292,7 +302,7 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
       penalty_fn = lambda _: penalty  # noqa: E731
     else:
       loss, grads = loss_and_grads(params, inputs, labels, axis_name)
-      penalty_fn = regularizers.make_penalty_fn('fp', _mlp_logits, inputs, labels, rng=rng,
+      penalty_fn = regularizers.make_penalty_fn('fp', cases.mlp_logits, inputs, labels, rng=rng,
                                                 axis_name=axis_name)
     updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -306,9 +316,9 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
       out.append((p, s, loss))
     return out
 
-  single = run(lambda flag: _jit(step))
+  single = run(lambda flag: cases.cheap_jit(step))
   for shared, check_vma, host in ((False, False, False), (True, True, False), (True, False, True)):
-    sharded = run(lambda flag: _jit(jax.shard_map(
+    sharded = run(lambda flag: cases.cheap_jit(jax.shard_map(
         functools.partial(step, axis_name='data', shared=shared, recompute=flag), mesh=mesh,
         in_specs=(P(), P(), P('data'), P('data'), P()), out_specs=P(), check_vma=check_vma)),
         host_decides=host)

@@ -8,6 +8,7 @@ import pytest
 from fisher_jax import models
 from fisher_jax import optim
 from fisher_jax import parallel
+from fisher_jax import settings
 from fisher_jax import state as state_lib
 from fisher_jax import steps
 
@@ -15,7 +16,9 @@ from fisher_jax import steps
 def _run_steps(config, mesh, batches, model, host_decides=False):
   """Runs the train step on `batches`; the penalty's recompute steps are decided on the device
   (lax.cond) or, as train.py does, on the host (two compiled steps)."""
-  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  run = settings.read(config)
+  tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=10,
+                            num_epochs=run.num_epochs)
   create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
                    out_shardings=parallel.replicated(mesh))
   state = create(jax.random.PRNGKey(0))
@@ -23,7 +26,7 @@ def _run_steps(config, mesh, batches, model, host_decides=False):
   step_fns = {flag: parallel.data_parallel(
       steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag), mesh,
       batch_args=(1,), num_args=2, donate_argnums=(0,)) for flag in flags}
-  recompute_due = optim.make_recompute_fn(config, steps_per_epoch=10)
+  recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch=10)
   losses, penalties = [], []
   for t, batch in enumerate(batches):
     flag = recompute_due(t) if host_decides else None

@@ -416,8 +416,8 @@ def make_input(dataset_config, *, batch_size: int, seed: int,
   """The input of a run: the `Input` of `config.dataset` for this process.
 
   Args:
-    dataset_config: `config.dataset` with fields name, data_dir, label_noise, augment,
-      val_fraction, train_subset.
+    dataset_config: the validated `DatasetSettings`, or `config.dataset` with fields name,
+      data_dir, label_noise, augment, val_fraction, train_subset (validated here).
     batch_size: the global training batch size B.
     seed: the run's seed (data order, augmentation, label noise, fixed subsets).
     process_index, process_count: this process and how many read; None means
@@ -427,7 +427,8 @@ def make_input(dataset_config, *, batch_size: int, seed: int,
     ValueError: invalid config values (the field and the allowed values are named).
     DatasetNotPreparedError: the dataset is not prepared in the data_dir searched.
   """
-  settings = read_settings(dataset_config)
+  settings = (dataset_config if isinstance(dataset_config, DatasetSettings)
+              else read_settings(dataset_config))
   spec = specs_lib.get_spec(settings.name)
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top

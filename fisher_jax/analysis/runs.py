@@ -1,6 +1,6 @@
 """Reading finished (or running) runs: `config.json` and `metrics.jsonl`, into pandas.
 
-A run directory is any directory holding both files (see DESIGN.md, "a run's workdir"). The
+A run directory is any directory holding both files (see docs/design.md, "a run's workdir"). The
 analysis reads nothing else. Runs launched by `experiments.run` live in `ROOT/<sweep>/<run>/`;
 `load_runs(ROOT)` finds them at any depth and names each by its path relative to ROOT.
 

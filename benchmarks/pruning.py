@@ -7,8 +7,9 @@ Protocol (fixed before its results were seen):
 * the CPU study's recipe (`--config`, default configs/recipes.py:cpu: the Fashion-MNIST MLP,
   plain SGD) on a fixed training subset of `--train_subset` examples (5,000: half the study's,
   to fit the three arms in about 12 minutes on a shared 2-core machine) for `--epochs` epochs, over the
-  `lr_batch` space of configs/spaces.py (learning rate log-uniform in [1e-3, 0.3], batch size
-  32, 64, 128 or 256);
+  `lr_batch` space of configs/spaces.py (learning rate log-uniform in [1e-3, 1], batch size
+  32, 64, 128 or 256), evaluated every epoch (`eval_every_epochs=1`: both pruners judge every
+  epoch; the study's recipe evaluates every 4);
 * `--trials` trials per arm from Optuna's RandomSampler with seed `--seed`: its proposals do not
   depend on the results, so the three arms run the same trials in the same order;
 * arms `none`, `median` (MedianPruner on validation accuracy) and `fisher`
@@ -47,7 +48,8 @@ def arm_command(arm: str, args: argparse.Namespace) -> List[str]:
           '--trials', str(args.trials), '--pruner', arm, '--sampler', 'random', '--seed',
           str(args.seed), '--warmup_epochs', str(args.warmup_epochs), '--min_trials',
           str(args.min_trials), f'--config.num_epochs={args.epochs}',
-          f'--config.dataset.train_subset={args.train_subset}', *args.overrides]
+          f'--config.dataset.train_subset={args.train_subset}', '--config.eval_every_epochs=1',
+          *args.overrides]
 
 
 def load_study(root: str, arm: str):

@@ -248,11 +248,6 @@ def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int)
 # --- Trials. --------------------------------------------------------------------------------------
 
 
-def counted_trials(study) -> int:
-  """Trials that count toward the study's budget (all but FAIL)."""
-  return sum(t.state.name in _COUNTED for t in study.get_trials(deepcopy=False))
-
-
 class _EpochReporter:
   """The `on_epoch` of a trial's run: reports each new epoch from metrics.jsonl, asks to prune."""
 
@@ -378,11 +373,14 @@ class Worker:
     return best['val_accuracy']
 
   def after_trial(self, study, trial):
-    """Callback after each trial: releases its lock, reports it, recovers dead workers."""
+    """Callback after each trial: releases its lock, reports it, recovers dead workers, and
+    stops this process once the study is full with no queued (WAITING) trial left."""
     self._lock.release()
     if not trial.user_attrs.get('surplus'):
       self._log(describe_trial(trial))
     self.recover(study)
+    if study_is_full(study, self._trials):
+      study.stop()
 
 
 def describe_trial(trial) -> str:
@@ -429,17 +427,17 @@ def summarize(study) -> Dict[str, Any]:
   return out
 
 
+def study_is_full(study, trials: int) -> bool:
+  """Whether `study` holds `trials` counted trials and none is queued (WAITING) to run."""
+  states = [t.state.name for t in study.get_trials(deepcopy=False)]
+  return sum(s in _COUNTED for s in states) >= trials and 'WAITING' not in states
+
+
 def run_worker(study, worker: Worker, trials: int):
-  """Runs trials of `study` in this process until it holds `trials` counted trials."""
-  import optuna  # pylint: disable=g-import-not-at-top
+  """Runs trials of `study` in this process until it is full (`study_is_full`)."""
   worker.recover(study)
-  waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-  if counted_trials(study) >= trials and not waiting:
-    return
-  states = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
-  study.optimize(worker.objective, catch=(_Surplus,),
-                 callbacks=[worker.after_trial,
-                            optuna.study.MaxTrialsCallback(trials, states=states)])
+  if not study_is_full(study, trials):
+    study.optimize(worker.objective, catch=(_Surplus,), callbacks=[worker.after_trial])
 
 
 def main(argv):

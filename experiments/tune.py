@@ -59,6 +59,7 @@ PRUNERS = ('fisher', 'median', 'none')
 SAMPLERS = ('tpe', 'random')
 JOURNAL_FILE = 'study.journal'
 LOCK_DIR = 'locks'
+_LOCK_SETTLE_S = 2.0  # A trial's worker takes its lock within this time of the trial's start.
 # Trials that count toward --trials (FAIL ones do not: they are retried or never ran).
 _COUNTED = ('COMPLETE', 'PRUNED', 'RUNNING', 'WAITING')
 
@@ -215,7 +216,9 @@ def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int)
 
   A trial is abandoned when its lock file exists and no process holds its lock, or when it
   has run for more than `grace_period` seconds without a lock file (its worker died before it
-  took the lock). For the journal storage; databases have Optuna's heartbeat.
+  took the lock). A trial younger than `_LOCK_SETTLE_S` is never judged (its worker may be
+  between creating the lock file and locking it). For the journal storage; databases have
+  Optuna's heartbeat.
 
   Returns:
     The numbers of the trials failed here (another worker may fail some first).
@@ -226,12 +229,14 @@ def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int)
   now = time.time()
   for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
     path = _lock_path(root, trial.number)
+    age = now - (trial.datetime_start.timestamp() if trial.datetime_start else now)
+    if age < _LOCK_SETTLE_S:
+      continue
     if os.path.exists(path):
       with _try_lock(path) as free:
         abandoned = free
     else:
-      started = trial.datetime_start.timestamp() if trial.datetime_start else now
-      abandoned = now - started > grace_period
+      abandoned = age > grace_period
     if not abandoned:
       continue
     try:

@@ -14,8 +14,9 @@ CIFAR-10 and CIFAR-100 at the setting's tuned learning rate; 3 seeds per point.
       --workdir runs/full/early_fisher/cifar10_lr_0.01_s0 --config.optimizer.learning_rate=0.01 \
       --config.seed=0 --config.experiment.variant=lr=0.01
 
-CPU scale (digits, SimpleCNN, 8 epochs, 2 seeds): lr in {0.001, 0.003, 0.01, 0.03, 0.1} at batch
-128; batch in {32, 128, 512} at lr 0.03.
+CPU scale (Fashion-MNIST MLP, plain SGD, 3 seeds): lr in {0.06, 0.9} at batch 128 (80 and 40
+epochs); with fisher_explosion's 0.01 and 0.3 runs they make the protocol's learning-rate axis.
+The batch-size axis runs at full scale only.
 
   python -m fisher_jax.main --config configs/early_fisher.py:cpu,lr \
       --workdir runs/cpu/early_fisher/lr_0.01_s0 --config.optimizer.learning_rate=0.01

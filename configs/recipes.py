@@ -23,22 +23,24 @@ Hutchinson probes on 512 examples.
 | simple_cnn_cifar10 | cifar10 | SimpleCNN | no | 0.0316 (ours) | 0.001 (ours) |
 | resnet50_cifar100 | cifar100 | ResNet-50, CIFAR stem | no | 0.1 (ours) | 0.00316 (ours) |
 | resnet50_imagenet | imagenet2012 | ResNet-50 | yes | 0.1 (ours, batch 256) | 0.00316 (ours) |
-| cpu | digits (embedded) | SimpleCNN | no | 0.03 | 0.003 |
+| mlp_fashion_mnist | fashion_mnist | MLP 2x512, plain SGD | no | 0.3 (ours, by validation) | 0.01 (tuned / 30) |
+| cpu | fashion_mnist, 10,000-example subset | MLP 2x512, plain SGD | no | 0.3 | 0.01 |
 
 The `experiment` block labels a run for the analysis (`name`, `group`, `variant`; the trainer
 ignores it) and holds the setting's derived values: `tuned_lr`, `small_lr`, the penalty
 strengths used when an experiment adds a regularizer at the small learning rate, and
-`early_epochs`, the end of the early-phase window in which the analysis takes the maximum of
-Tr(F) (10 epochs at full scale, 2 on CPU).
+`early_epochs`, the end of the fixed window of the window-based Tr(F_i) sensitivity analysis
+(10 epochs at full scale, 5 on CPU), and `setting`, the recipe's name (for `budget`).
 
-The `cpu` recipe is the CPU scale of every experiment: the embedded digits data (offline), 8
-epochs of about 10 steps, Tr(F) on 256 examples, penalty strengths 0.01. A run's cost is mostly
-start-up and XLA compilation; a penalty recomputed every step costs several times a plain step
-on a CPU.
+The `cpu` recipe is the CPU scale of every experiment, fixed by the protocol in
+docs/experiments.md: Fashion-MNIST (offline from the Debian package's IDX files) on a fixed
+10,000-example training subset, the MLP with plain SGD, 40 epochs at learning rates >= the tuned
+one and 80 below it (`budget`), evaluation every 2 (4) epochs, Tr(F) on 512 examples every 40
+steps, penalty strength 1. The digits data stays the one-minute default of configs/default.py.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
@@ -61,6 +63,12 @@ class Recipe:
     checkpoint_every_epochs: `config.checkpoint_every_epochs`.
     early_epochs: `experiment.early_epochs`, the end of the early-phase window.
     strength: the penalty strength at the small learning rate (`experiment.strengths`).
+    optimizer: `config.optimizer.name` ('momentum' with 0.9, or plain 'sgd').
+    train_subset: `config.dataset.train_subset` (None: the whole training split).
+    eval_every_epochs: `config.eval_every_epochs`.
+    slow_epochs, slow_eval_every_epochs: the budget of runs whose learning rate is below
+      `tuned_lr` (None: the same as the others); see `budget`.
+    measure_every_steps, measure_every_epochs: `config.measure.every_steps` / `every_epochs`.
   """
   dataset: str
   model: Mapping[str, Any]
@@ -76,9 +84,25 @@ class Recipe:
   early_epochs: float = 10.0
   # Penalty strengths at the small learning rate (ours; the paper tuned each per setting).
   strength: float = 0.1
+  optimizer: str = 'momentum'
+  train_subset: Optional[int] = None
+  eval_every_epochs: int = 1
+  slow_epochs: Optional[int] = None
+  slow_eval_every_epochs: Optional[int] = None
+  measure_every_steps: int = 0
+  measure_every_epochs: int = 1
 
 
 CPU = 'cpu'
+# The Fashion-MNIST MLP (ours): 2 hidden layers of 512 ReLU units, plain SGD, batch 128, the
+# full training split (54,000 after the 10% validation carve-out); `configs/fashion_mnist.py`.
+# tuned_lr: chosen by validation accuracy in the pilot of docs/experiments.md ("Protocol"),
+# small_lr = tuned_lr / 30.
+_FASHION_TUNED_LR = 0.3
+_MLP_FASHION_MNIST = Recipe(
+    dataset='fashion_mnist', model=dict(name='mlp', depth=2, width=512, activation='relu'),
+    augment=False, tuned_lr=_FASHION_TUNED_LR, small_lr=_FASHION_TUNED_LR / 30,
+    optimizer='sgd', num_epochs=40, checkpoint_every_epochs=10, early_epochs=5.0, strength=1.0)
 RECIPES = {
     'wrn_tiny_imagenet': Recipe(
         dataset='tiny_imagenet', model=dict(name='wide_resnet', depth=16, widen_factor=4),
@@ -101,16 +125,25 @@ RECIPES = {
     'resnet50_imagenet': Recipe(
         dataset='imagenet2012', model=dict(name='resnet50'), augment=True, tuned_lr=0.1,
         small_lr=0.00316, batch_size=256, num_epochs=90, val_fraction=0.0),
-    # 0.03: the best test accuracy of the CPU lr sweep (early_fisher: 0.983 against 0.969 at
-    # 0.1, where batch 32 diverged) and the default config's learning rate. FP 0.1 at lr 0.003
-    # already cost half the accuracy and 1.0 collapsed the model to a constant prediction; 0.01
-    # lowered Tr(F) by a third at equal accuracy.
-    CPU: Recipe(
-        dataset='digits', model=dict(name='simple_cnn'), augment=False, tuned_lr=0.03,
-        small_lr=0.003, num_epochs=8, measure_examples=256, hessian_probes=8,
-        checkpoint_every_epochs=4, early_epochs=2.0, strength=0.01),
+    'mlp_fashion_mnist': _MLP_FASHION_MNIST,
+    # The CPU scale of every experiment: the Fashion-MNIST MLP on a fixed 10,000-example
+    # training subset, with the budgets and measurement cadence of the protocol
+    # (docs/experiments.md, "Protocol of the CPU-scale study").
+    CPU: dataclasses.replace(
+        _MLP_FASHION_MNIST, train_subset=10_000, eval_every_epochs=2, slow_epochs=80,
+        slow_eval_every_epochs=4, measure_every_steps=40, measure_every_epochs=0,
+        checkpoint_every_epochs=20, hessian_probes=8),
 }
 SETTINGS = tuple(RECIPES)
+
+
+def budget(setting: str, learning_rate: float):
+  """(num_epochs, eval_every_epochs) of a run of `setting` at `learning_rate`: the slow budget
+  below the setting's tuned learning rate, where the recipe has one."""
+  recipe = RECIPES[setting]
+  if recipe.slow_epochs is None or learning_rate >= recipe.tuned_lr * (1 - 1e-9):
+    return recipe.num_epochs, recipe.eval_every_epochs
+  return recipe.slow_epochs, recipe.slow_eval_every_epochs or recipe.eval_every_epochs
 
 
 def parse_arg(arg, variants, default_setting: str, file: str):
@@ -156,6 +189,7 @@ def get_config(setting: str = 'cpu') -> ml_collections.ConfigDict:
   experiment.tuned_lr = recipe.tuned_lr
   experiment.small_lr = recipe.small_lr
   experiment.early_epochs = recipe.early_epochs
+  experiment.setting = setting
   config.experiment = experiment
   config.dataset.name = recipe.dataset
   config.dataset.augment = recipe.augment
@@ -167,8 +201,12 @@ def get_config(setting: str = 'cpu') -> ml_collections.ConfigDict:
   config.measure.hessian_probes = recipe.hessian_probes
   config.measure.hessian_num_examples = recipe.measure_examples
   config.checkpoint_every_epochs = recipe.checkpoint_every_epochs
-  config.optimizer.name = 'momentum'
-  config.optimizer.momentum = 0.9
+  config.eval_every_epochs = recipe.eval_every_epochs
+  config.measure.every_steps = recipe.measure_every_steps
+  config.measure.every_epochs = recipe.measure_every_epochs
+  config.dataset.train_subset = recipe.train_subset
+  config.optimizer.name = recipe.optimizer
+  config.optimizer.momentum = 0.9 if recipe.optimizer == 'momentum' else 0.0
   config.optimizer.schedule = 'constant'
   config.optimizer.weight_decay = 0.0
   config.optimizer.learning_rate = experiment.tuned_lr
@@ -180,8 +218,24 @@ def get_config(setting: str = 'cpu') -> ml_collections.ConfigDict:
 
 
 def set_learning_rate(config: ml_collections.ConfigDict, which: str):
-  """Sets `optimizer.learning_rate` to the setting's 'tuned_lr' or 'small_lr'."""
-  config.optimizer.learning_rate = config.experiment[which]
+  """Sets `optimizer.learning_rate` to the setting's 'tuned_lr' or 'small_lr', with the
+  setting's budget for it (`budget`)."""
+  set_budget(config, config.experiment[which])
+
+
+def set_budget(config: ml_collections.ConfigDict, learning_rate: float):
+  """Sets `optimizer.learning_rate`, `num_epochs` and `eval_every_epochs` for `learning_rate`."""
+  config.optimizer.learning_rate = learning_rate
+  config.num_epochs, config.eval_every_epochs = budget(config.experiment.setting,
+                                                       learning_rate)
+
+
+def use_momentum(config: ml_collections.ConfigDict):
+  """Turns a plain-SGD run into SGD with momentum 0.9 at the same effective learning rate
+  eta / (1 - 0.9), keeping its budget."""
+  config.optimizer.name = 'momentum'
+  config.optimizer.momentum = 0.9
+  config.optimizer.learning_rate = config.optimizer.learning_rate * (1 - 0.9)
 
 
 def set_penalty(config: ml_collections.ConfigDict, name: str, strength=None):

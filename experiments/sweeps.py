@@ -14,7 +14,13 @@ another run's checkpoint); '{sweep_dir}' in an override value is replaced by ROO
 import dataclasses
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from configs import recipes
+
 SCALES = ('cpu', 'full')
+_CPU = recipes.RECIPES[recipes.CPU]
+TUNED = _CPU.tuned_lr  # eta* of the CPU protocol (docs/experiments.md)
+SMALL = _CPU.small_lr  # eta*/30
+CPU_SEEDS = 3  # every setting a claim uses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,12 @@ def _seeds(scale: str, cpu: int, full: int) -> range:
   return range(cpu if scale == 'cpu' else full)
 
 
+def _budget(lr: float) -> Tuple[Tuple[str, Any], ...]:
+  """The CPU protocol's epochs and evaluation cadence for a run at `lr` (as overrides)."""
+  epochs, every = recipes.budget(recipes.CPU, lr)
+  return (('num_epochs', epochs), ('eval_every_epochs', every))
+
+
 def _setting_runs(config_file: str, settings: Sequence[str], variants: Sequence[str],
                   seeds: range) -> List[Run]:
   """Runs `<setting>_<variant>_s<seed>` of `config_file:<setting>,<variant>` (setting omitted
@@ -94,8 +106,12 @@ def _settings(scale: str, full: Sequence[str]) -> Tuple[str, ...]:
 
 
 def _fisher_explosion(scale: str) -> List[Run]:
-  return _setting_runs('configs/fisher_explosion.py', _settings(scale, ['wrn_tiny_imagenet']),
-                       ['tuned_lr', 'small_lr'], _seeds(scale, 1, 1))
+  runs = _setting_runs('configs/fisher_explosion.py', _settings(scale, ['wrn_tiny_imagenet']),
+                       ['tuned_lr', 'small_lr'], _seeds(scale, CPU_SEEDS, 1))
+  if scale == 'cpu':  # The momentum variant, one seed each.
+    runs += _setting_runs('configs/fisher_explosion.py', ['cpu'],
+                          ['tuned_lr_momentum', 'small_lr_momentum'], range(1))
+  return runs
 
 
 # Learning-rate and batch-size grids of experiment 2 (values ours; tuned lr in the middle).
@@ -103,25 +119,26 @@ _EARLY_LR = {
     'resnet50_imagenet': (0.01, 0.0316, 0.1, 0.316),
     'simple_cnn_cifar10': (0.001, 0.00316, 0.01, 0.0316, 0.1),
     'wrn_cifar100': (0.001, 0.00316, 0.01, 0.0316, 0.1),
-    'cpu': (0.001, 0.003, 0.01, 0.03, 0.1),
+    # With fisher_explosion's SMALL and TUNED runs: the protocol's 4-point lr axis.
+    'cpu': (TUNED / 5, 3 * TUNED),
 }
 _EARLY_BATCH = {
     'simple_cnn_cifar10': (32, 128, 512, 2048),
     'wrn_cifar100': (32, 128, 512, 2048),
-    'cpu': (32, 128, 512),
 }
 
 
 def _early_fisher(scale: str) -> List[Run]:
   runs = []
-  seeds = _seeds(scale, 2, 3)
+  seeds = _seeds(scale, CPU_SEEDS, 3)
   for setting in _settings(scale, ['resnet50_imagenet', 'simple_cnn_cifar10', 'wrn_cifar100']):
     prefix = '' if scale == 'cpu' else f'{setting}_'
     for lr in _EARLY_LR[setting]:
+      budget = _budget(lr) if scale == 'cpu' else ()
       for seed in seeds:
         runs.append(Run(f'{prefix}lr_{_fmt(lr)}_s{seed}', f'configs/early_fisher.py:{setting},lr',
                         (('optimizer.learning_rate', lr), ('seed', seed),
-                         ('experiment.variant', f'lr={_fmt(lr)}'))))
+                         ('experiment.variant', f'lr={_fmt(lr)}')) + budget))
     for batch_size in _EARLY_BATCH.get(setting, ()):
       for seed in seeds:
         runs.append(Run(f'{prefix}bs_{batch_size}_s{seed}',
@@ -131,7 +148,19 @@ def _early_fisher(scale: str) -> List[Run]:
   return runs
 
 
+# FP strengths of experiment 3 on CPU, the grid its strength is chosen from on validation.
+_CPU_FP_GRID = (0.1, 1.0, 10.0)
+
+
 def _regularizers(scale: str) -> List[Run]:
+  if scale == 'cpu':  # The baselines are fisher_explosion's tuned_lr and small_lr runs.
+    runs = []
+    for strength in _CPU_FP_GRID:
+      for seed in range(CPU_SEEDS):
+        runs.append(Run(f'fp_{_fmt(strength)}_s{seed}', 'configs/regularizers.py:cpu,fp',
+                        (('regularizer.strength', strength), ('seed', seed))))
+    return runs + _setting_runs('configs/regularizers.py', ['cpu'], ['gpx', 'gp', 'gpr'],
+                                range(CPU_SEEDS))
   settings = _settings(scale, ['wrn_tiny_imagenet', 'densenet_cifar100', 'vgg11_cifar100',
                                'wrn_cifar100', 'simple_cnn_cifar10'])
   return _setting_runs('configs/regularizers.py', settings,
@@ -140,9 +169,10 @@ def _regularizers(scale: str) -> List[Run]:
 
 def _fp_start(scale: str) -> List[Run]:
   setting = 'cpu' if scale == 'cpu' else 'wrn_cifar100'
-  epochs = (0, 2, 4) if scale == 'cpu' else (0, 2, 5, 10, 20, 50, 100)
-  runs = _setting_runs('configs/fp_start.py', [setting], ['tuned_lr', 'small_lr'],
-                       _seeds(scale, 1, 2))
+  epochs = (0, 20, 40) if scale == 'cpu' else (0, 2, 5, 10, 20, 50, 100)
+  # On CPU the baselines are fisher_explosion's runs.
+  runs = [] if scale == 'cpu' else _setting_runs('configs/fp_start.py', [setting],
+                                                 ['tuned_lr', 'small_lr'], _seeds(scale, 1, 2))
   for epoch in epochs:
     for seed in _seeds(scale, 1, 2):
       runs.append(Run(f'fp_from_{epoch}_s{seed}', f'configs/fp_start.py:{setting},fp',
@@ -151,8 +181,8 @@ def _fp_start(scale: str) -> List[Run]:
   return runs
 
 
-# FP strengths of experiment 5; on CPU lower (FP 1.0 at lr 0.1 collapsed the model there).
-_FP_STRENGTHS = {'cpu': (0.001, 0.003, 0.01), 'full': (0.01, 0.1, 1.0, 10.0)}
+# FP strengths of experiment 5 (CPU: the recipe's strength only, 3 seeds: the C4 pairs).
+_FP_STRENGTHS = {'cpu': (1.0,), 'full': (0.01, 0.1, 1.0, 10.0)}
 
 
 def _memorization(scale: str) -> List[Run]:
@@ -161,11 +191,12 @@ def _memorization(scale: str) -> List[Run]:
   for setting in settings:
     prefix = f'{setting}_' if len(settings) > 1 else ''
     config = f'configs/memorization.py:{setting}'
-    runs.append(Run(f'{prefix}none_s0', f'{config},none', (('seed', 0),)))
-    for strength in _FP_STRENGTHS[scale]:
-      runs.append(Run(f'{prefix}fp_{_fmt(strength)}_s0', f'{config},fp',
-                      (('regularizer.strength', strength), ('seed', 0),
-                       ('experiment.variant', f'fp={_fmt(strength)}'))))
+    for seed in _seeds(scale, CPU_SEEDS, 1):
+      runs.append(Run(f'{prefix}none_s{seed}', f'{config},none', (('seed', seed),)))
+      for strength in _FP_STRENGTHS[scale]:
+        runs.append(Run(f'{prefix}fp_{_fmt(strength)}_s{seed}', f'{config},fp',
+                        (('regularizer.strength', strength), ('seed', seed),
+                         ('experiment.variant', f'fp={_fmt(strength)}'))))
   return runs
 
 
@@ -173,19 +204,22 @@ def _flat_minima(scale: str) -> List[Run]:
   setting = 'cpu' if scale == 'cpu' else 'wrn_cifar100'
   config = f'configs/flat_minima.py:{setting}'
   runs = []
+  # Every phase-1 run is continued once (same seed): independent phase-1/phase-2 pairs.
   for start in ('fp', 'none'):
-    runs.append(Run(f'phase1_{start}', f'{config},{start}', (('seed', 0),)))
-    for seed in range(1, 1 + (3 if scale == 'cpu' else 5)):
+    for seed in range(3):
+      runs.append(Run(f'phase1_{start}_s{seed}', f'{config},{start}', (('seed', seed),)))
       runs.append(Run(f'phase2_{start}_s{seed}', f'{config},continue',
-                      (('init_from.workdir', f'{{sweep_dir}}/phase1_{start}'), ('seed', seed),
-                       ('experiment.group', start)), after=(f'phase1_{start}',)))
+                      (('init_from.workdir', f'{{sweep_dir}}/phase1_{start}_s{seed}'),
+                       ('seed', seed), ('experiment.group', start)),
+                      after=(f'phase1_{start}_s{seed}',)))
   return runs
 
 
 def _axis_runs(config_file: str, setting: str, lrs: Sequence[float], batch_sizes: Sequence[int],
                lr_for_batch: float) -> List[Run]:
   runs = [Run(f'lr_{_fmt(lr)}', f'{config_file}:{setting},lr',
-              (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}')))
+              (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}'))
+              + (_budget(lr) if setting == 'cpu' else ()))
           for lr in lrs]
   runs += [Run(f'bs_{b}', f'{config_file}:{setting},batch_size',
                (('batch_size', b), ('optimizer.learning_rate', lr_for_batch),
@@ -195,22 +229,23 @@ def _axis_runs(config_file: str, setting: str, lrs: Sequence[float], batch_sizes
 
 def _hessian_trace(scale: str) -> List[Run]:
   if scale == 'cpu':
-    return _axis_runs('configs/hessian_trace.py', 'cpu', (0.003, 0.03, 0.1), (32, 256), 0.03)
+    return _axis_runs('configs/hessian_trace.py', 'cpu', (SMALL, TUNED), (), TUNED)
   return _axis_runs('configs/hessian_trace.py', 'simple_cnn_cifar10', (0.001, 0.01, 0.1),
                     (32, 128, 512), 0.0316)
 
 
 def _curvature_correlations(scale: str) -> List[Run]:
   setting = 'cpu' if scale == 'cpu' else 'simple_cnn_cifar10'
-  lrs = (0.001, 0.01, 0.1) if scale == 'cpu' else (0.001, 0.00316, 0.01, 0.0316, 0.1)
+  lrs = (TUNED / 10, TUNED, 3 * TUNED) if scale == 'cpu' else (0.001, 0.00316, 0.01, 0.0316, 0.1)
   return [Run(f'lr_{_fmt(lr)}', f'configs/curvature_correlations.py:{setting},lr',
               (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}')))
           for lr in lrs]
 
 
 def _fp_every_k(scale: str) -> List[Run]:
+  variants = ['fp_k10', 'fp_k1', 'fp_exact']  # On CPU the baselines are fisher_explosion's.
   return _setting_runs('configs/fp_every_k.py', _settings(scale, ['simple_cnn_cifar10']),
-                       ['tuned_lr', 'small_lr', 'fp_k10', 'fp_k1', 'fp_exact'],
+                       variants if scale == 'cpu' else ['tuned_lr', 'small_lr'] + variants,
                        _seeds(scale, 1, 2))
 
 
@@ -218,9 +253,9 @@ def _per_step(scale: str) -> List[Run]:
   cpu = scale == 'cpu'
   setting = 'cpu' if cpu else 'simple_cnn_cifar10'
   config = 'configs/per_step.py:' + setting
-  lrs = (0.03, 0.003) if cpu else (0.0316, 0.001)
-  small_b, large_b = (32, 256) if cpu else (128, 1024)
-  strengths = (0.01, 0.1) if cpu else (0.01, 0.1, 1.0)
+  lrs = (TUNED, SMALL) if cpu else (0.0316, 0.001)
+  small_b, large_b = (32, 512) if cpu else (128, 1024)
+  strengths = () if cpu else (0.01, 0.1, 1.0)
   runs = [Run(f'lr_{_fmt(lr)}', f'{config},lr',
               (('optimizer.learning_rate', lr), ('experiment.variant', f'lr={_fmt(lr)}')))
           for lr in lrs]

@@ -6,7 +6,8 @@
 The same as `tfds build <tfds name> --data_dir=...`, with our own builders registered and
 without the `tfds` command line's apache-beam requirement (tensorflow/datasets#5463). Manual
 archives (TinyImageNet, ImageNet) are read from --manual_dir, by default
-<data_dir>/downloads/manual.
+<data_dir>/downloads/manual. Fashion-MNIST is built offline from its four IDX files, found as
+`make_input` finds them (docs/data.md) or in --manual_dir.
 """
 
 import argparse
@@ -20,7 +21,12 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   """Downloads (if needed) and prepares dataset `name`; returns the TFDS builder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   spec = specs_lib.get_spec(name)
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if spec.prepare == specs_lib.PREPARE_LOCAL and manual_dir is None:
+    return _pipeline.prepared_builder(spec, data_dir)  # Offline, from the local files.
+  if spec.prepare == specs_lib.PREPARE_LOCAL:
+    builder = tfds.builder(spec.local_tfds_name, data_dir=data_dir)
+  else:
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if not builder.is_prepared():
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

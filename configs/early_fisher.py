@@ -14,7 +14,7 @@ CIFAR-10 and CIFAR-100 at the setting's tuned learning rate; 3 seeds per point.
       --workdir runs/full/early_fisher/cifar10_lr_0.01_s0 --config.optimizer.learning_rate=0.01 \
       --config.seed=0 --config.experiment.variant=lr=0.01
 
-CPU scale (Fashion-MNIST MLP, plain SGD, 3 seeds): lr in {0.06, 0.9} at batch 128 (80 and 40
+CPU scale (Fashion-MNIST MLP, plain SGD, 3 seeds): lr in {0.06, 0.15} at batch 128 (80 and 40
 epochs); with fisher_explosion's 0.01 and 0.3 runs they make the protocol's learning-rate axis.
 The batch-size axis runs at full scale only.
 

@@ -18,8 +18,8 @@ none, phase 2 180 epochs with Tr(H) every 5 epochs, 5 seeds.
       --config.init_from.workdir=runs/full/flat_minima/phase1_fp --config.experiment.group=fp \
       --config.seed=1 --workdir runs/full/flat_minima/phase2_fp_s1
 
-CPU scale (Fashion-MNIST MLP, lr 0.01): phase 1 30 epochs (FP 1 vs none), 3 seeds each; every
-phase-1 run is continued once (same seed) for 40 epochs with Tr(H) every 4 epochs, so the 3 + 3
+CPU scale (Fashion-MNIST MLP, lr 0.01): phase 1 30 epochs (FP 0.3 vs none), 3 seeds each; every
+phase-1 run is continued once (same seed) for 24 epochs with Tr(H) every 4 epochs, so the 3 + 3
 phase-2 runs are independent.
 Figure: `fisher_jax.analysis.plots.plot_flat_minima`.
 """
@@ -28,8 +28,8 @@ from configs import recipes
 
 VARIANTS = ('fp', 'none', 'continue')
 PHASE1_EPOCHS = {'cpu': 30, 'full': 20}
-PHASE1_FP_STRENGTH = {'cpu': 1.0, 'full': 0.1}  # The recipe's strength on CPU.
-PHASE2_EPOCHS = {'cpu': 40, 'full': 180}
+PHASE1_FP_STRENGTH = {'cpu': 0.3, 'full': 0.1}  # Strong: the largest CPU FP strength that trained.
+PHASE2_EPOCHS = {'cpu': 24, 'full': 180}
 HESSIAN_EVERY = {'cpu': 4, 'full': 5}
 
 

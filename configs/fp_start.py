@@ -11,7 +11,7 @@ e in {0, 2, 5, 10, 20, 50, 100}.
   python -m fisher_jax.main --config configs/fp_start.py:wrn_cifar100,fp \
       --config.regularizer.start_epoch=10 --workdir runs/full/fp_start/fp_from_10
 
-CPU scale (Fashion-MNIST MLP, lr 0.01, FP strength 1, 80 epochs, e in {0, 20, 40}, 1 seed; the
+CPU scale (Fashion-MNIST MLP, lr 0.01, FP strength 0.1, 80 epochs, e in {10, 40}, 1 seed (e = 0 is regularizers' FP 0.1 run); the
 baselines are fisher_explosion's runs):
 
   python -m fisher_jax.main --config configs/fp_start.py:cpu,fp \

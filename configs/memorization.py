@@ -14,7 +14,8 @@ CIFAR-100 without augmentation, 25% noisy labels, the setting's tuned learning r
   python -m fisher_jax.main --config configs/memorization.py:vgg11_cifar100,fp \
       --config.regularizer.strength=0.1 --workdir runs/full/memorization/vgg11_fp_0.1
 
-CPU scale (Fashion-MNIST MLP, 25% noisy labels, lr 0.3, 40 epochs, none vs FP 1, 3 seeds):
+CPU scale (Fashion-MNIST MLP, 25% noisy labels, lr 0.3, 40 epochs, none vs FP {0.03, 0.1}, 3
+seeds):
 
   python -m fisher_jax.main --config configs/memorization.py:cpu,fp \
       --config.regularizer.strength=0.01 --workdir runs/cpu/memorization/fp_0.01

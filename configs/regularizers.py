@@ -11,8 +11,8 @@ WRN/CIFAR-100, SimpleCNN/CIFAR-10 of configs/recipes.py (200 epochs, batch 128, 
   python -m fisher_jax.main --config configs/regularizers.py:densenet_cifar100,fp \
       --workdir runs/full/regularizers/densenet_cifar100_fp
 
-CPU scale (Fashion-MNIST MLP, lr 0.01, 80 epochs, 3 seeds): FP at strengths {0.1, 1, 10}, GP, GPr
-and GPx at 1; the tuned and small baselines are fisher_explosion's runs:
+CPU scale (Fashion-MNIST MLP, lr 0.01, 80 epochs, 3 seeds): FP at strengths {0.03, 0.1, 0.3}, GP,
+GPr and GPx at 0.1 (1 seed); the tuned and small baselines are fisher_explosion's runs:
 
   python -m fisher_jax.main --config configs/regularizers.py:cpu,fp --workdir runs/cpu/reg/fp
 

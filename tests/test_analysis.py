@@ -47,14 +47,14 @@ def test_load_runs_finds_nested_runs_names_them_and_filters_by_experiment(tmp_pa
 def test_early_value_window_takes_the_maximum_inside_the_configured_window(tmp_path):
   run = analysis.load_run(write_run(tmp_path / 'r', epoch_records([1.0, 7.0, 5.0, 30.0, 2.0]),
                                     early_epochs=2.0))
-  assert analysis.early_value(run, analysis.EarlyPhase()) == 7.0  # Epochs 0..2 from the config.
-  assert analysis.early_value(run, analysis.EarlyPhase(end_epoch=3)) == 30.0
-  assert analysis.early_value(run, analysis.EarlyPhase(start_epoch=2, end_epoch=2)) == 5.0
-  assert math.isnan(analysis.early_value(run, analysis.EarlyPhase(start_epoch=9, end_epoch=10)))
+  assert analysis.early_value(run, analysis.EarlyPhase(method='window')) == 7.0  # Epochs 0..2 from the config.
+  assert analysis.early_value(run, analysis.EarlyPhase(method='window', end_epoch=3)) == 30.0
+  assert analysis.early_value(run, analysis.EarlyPhase(method='window', start_epoch=2, end_epoch=2)) == 5.0
+  assert math.isnan(analysis.early_value(run, analysis.EarlyPhase(method='window', start_epoch=9, end_epoch=10)))
   # Without experiment.early_epochs: end_fraction of num_epochs (0.5 * 8 = epoch 4).
   del run.config['experiment']['early_epochs']
-  assert analysis.early_value(run, analysis.EarlyPhase(end_fraction=0.25)) == 7.0
-  assert analysis.early_value(run, analysis.EarlyPhase(end_fraction=0.5)) == 30.0
+  assert analysis.early_value(run, analysis.EarlyPhase(method='window', end_fraction=0.25)) == 7.0
+  assert analysis.early_value(run, analysis.EarlyPhase(method='window', end_fraction=0.5)) == 30.0
 
 
 def test_early_value_threshold_reads_trf_where_train_accuracy_first_reaches_it(tmp_path):

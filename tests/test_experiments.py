@@ -74,15 +74,15 @@ def test_sweeps_vary_what_their_experiment_is_about():
   assert all(c.regularizer.name == c.experiment.variant for c in regs)
   assert all(c.optimizer.learning_rate == explosion['small_lr'] for c in regs)
   assert sorted({c.regularizer.strength for c in regs if c.regularizer.name == 'fp'}) == [
-      0.1, 1.0, 10.0]
+      0.03, 0.1, 0.3]
   small = [c for c in configs('fisher_explosion') if c.experiment.variant == 'small_lr']
   assert all(c.num_epochs == 80 for c in small + regs)  # the protocol's slow budget
   starts = sorted(c.regularizer.start_epoch for c in configs('fp_start')
                   if c.regularizer.name == 'fp')
-  assert starts == [0, 20, 40]
+  assert starts == [10, 40]
   memorization = configs('memorization')
   assert all(c.dataset.label_noise > 0 for c in memorization)
-  assert sorted(c.regularizer.strength for c in memorization) == [0.0] * 3 + [1.0] * 3
+  assert sorted(c.regularizer.strength for c in memorization) == [0.0] * 3 + [0.03] * 3 + [0.1] * 3
   every_k = {c.experiment.variant: (c.regularizer.name, c.regularizer.every_k)
              for c in configs('fp_every_k')}
   assert every_k['fp_k10'] == ('fp', 10) and every_k['fp_k1'] == ('fp', 1)

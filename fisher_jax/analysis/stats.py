@@ -1,4 +1,16 @@
-"""Correlations with bootstrap confidence intervals, and seed statistics (scipy, pandas).
+"""Effect sizes with confidence intervals, correlations, and seed statistics (scipy, pandas).
+
+The study's statistical rules (docs/experiments.md, "Claims and statistical rules"):
+
+* `ratio(a, b)`: the ratio of geometric means of two independent arms (curvature: Tr(F_i),
+  Tr(H)), with Welch's t interval on the log values, exponentiated;
+* `difference(a, b)`: the difference of means (accuracies), Welch's t interval;
+* `paired_difference(a, b)`: the mean of a_i - b_i over pairs (runs of the same seed), the
+  paired t interval;
+* `correlation(x, y)`: Pearson's or Spearman's coefficient with a bootstrap interval.
+
+An `Effect` is "held" in a direction only when its interval excludes the no-effect value
+(`Effect.verdict`). Arms with fewer than 2 finite values give no interval (NaN).
 
 `correlation(x, y, method='spearman')` gives the coefficient, its p-value (scipy's test) and a
 percentile bootstrap interval: the n points are resampled in (x, y) pairs with replacement
@@ -16,6 +28,109 @@ import pandas as pd
 from scipy import stats
 
 METHODS = ('pearson', 'spearman')
+VERDICTS = ('held', 'not held', 'opposite', 'no data')
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+  """An effect size with its confidence interval.
+
+  Attributes:
+    kind: 'ratio' (of geometric means), 'difference' (of means), 'paired difference' or
+      'spearman' / 'pearson' (a correlation).
+    estimate: the effect.
+    low, high: the interval (NaN when it cannot be formed).
+    null: the no-effect value (1 for a ratio, 0 otherwise).
+    n: the number of independent values in each arm (one entry for paired or correlation).
+    confidence: the interval's level.
+  """
+  kind: str
+  estimate: float
+  low: float
+  high: float
+  null: float
+  n: tuple
+  confidence: float = 0.95
+
+  def verdict(self, direction: str) -> str:
+    """'held' if the interval lies on the `direction` side ('greater' or 'less') of the null,
+    'opposite' if it lies on the other side, 'not held' if it includes the null, 'no data'
+    without an interval."""
+    if direction not in ('greater', 'less'):
+      raise ValueError(f'direction={direction!r}; choose greater or less.')
+    if not (np.isfinite(self.low) and np.isfinite(self.high)):
+      return 'no data'
+    above, below = self.low > self.null, self.high < self.null
+    if (above and direction == 'greater') or (below and direction == 'less'):
+      return 'held'
+    if above or below:
+      return 'opposite'
+    return 'not held'
+
+  def describe(self, digits: int = 3) -> str:
+    """E.g. 'ratio 2.41 [95% CI 1.62, 3.58], n = 3 + 3'."""
+    n = ' + '.join(str(k) for k in self.n)
+    if not np.isfinite(self.estimate):
+      return f'{self.kind} undefined, n = {n}'
+    interval = (f'[{self.confidence:.0%} CI {self.low:.{digits}g}, {self.high:.{digits}g}]'
+                if np.isfinite(self.low) else '(no interval)')
+    return f'{self.kind} {self.estimate:.{digits}g} {interval}, n = {n}'
+
+
+def _finite(values) -> np.ndarray:
+  values = np.asarray(list(values), dtype=float)
+  return values[np.isfinite(values)]
+
+
+def difference(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> Effect:
+  """mean(a) - mean(b) with Welch's t interval (scipy.stats.ttest_ind, equal_var=False)."""
+  a, b = _finite(a), _finite(b)
+  nan = math.nan
+  estimate = float(a.mean() - b.mean()) if len(a) and len(b) else nan
+  low = high = nan
+  if len(a) >= 2 and len(b) >= 2:
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+      low = high = estimate
+    else:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+      low, high = float(interval.low), float(interval.high)
+  return Effect('difference', estimate, low, high, 0.0, (len(a), len(b)), confidence)
+
+
+def ratio(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> Effect:
+  """Ratio of geometric means, exp(mean log a - mean log b), with Welch's t interval on the
+  logs, exponentiated. Non-positive values are dropped (they have no logarithm)."""
+  a, b = _finite(a), _finite(b)
+  a, b = a[a > 0], b[b > 0]
+  diff = difference(np.log(a), np.log(b), confidence=confidence)
+  return Effect('ratio', float(np.exp(diff.estimate)), float(np.exp(diff.low)),
+                float(np.exp(diff.high)), 1.0, diff.n, confidence)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *,
+                      confidence: float = 0.95) -> Effect:
+  """mean(a_i - b_i) over the pairs where both are finite, with the paired t interval."""
+  a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+  if a.shape != b.shape:
+    raise ValueError(f'paired arms must have equal length; got {len(a)} and {len(b)}.')
+  d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+  nan = math.nan
+  estimate = float(d.mean()) if len(d) else nan
+  low = high = nan
+  if len(d) >= 2:
+    if np.ptp(d) == 0:
+      low = high = estimate
+    else:
+      interval = stats.ttest_1samp(d, 0.0).confidence_interval(confidence)
+      low, high = float(interval.low), float(interval.high)
+  return Effect('paired difference', estimate, low, high, 0.0, (len(d),), confidence)
+
+
+def correlation_effect(c: 'Correlation') -> Effect:
+  """A `Correlation` as an `Effect` (null 0)."""
+  return Effect(c.method, c.r, c.low, c.high, 0.0, (c.n,), c.confidence)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +229,8 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = 'spearman'
 
 
 def mean_std(frame: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-  """Mean, standard deviation (ddof=1; 0 for one seed) and count of `columns` per group.
+  """Mean, standard deviation (ddof=1; NaN, not 0, for one seed) and count of `columns` per
+  group.
 
   Returns:
     One row per group: the `by` columns, then `<col>_mean`, `<col>_std` for each column, and
@@ -123,7 +239,16 @@ def mean_std(frame: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> 
   grouped = frame.groupby(list(by), sort=True, dropna=False)
   out = grouped[list(columns)].agg(['mean', 'std'])
   out.columns = [f'{col}_{stat}' for col, stat in out.columns]
-  for col in columns:
-    out[f'{col}_std'] = out[f'{col}_std'].fillna(0.0)
   out['n'] = grouped.size()
   return out.reset_index()
+
+
+def format_mean_std(values: Sequence[float], digits: int = 4) -> str:
+  """'0.8712 ± 0.0031 (n = 3)', or '0.8712 (n = 1)' for one value (no standard deviation),
+  or '' for none; non-finite values are left out."""
+  v = _finite(values)
+  if not len(v):
+    return ''
+  if len(v) == 1:
+    return f'{v[0]:.{digits}g} (n = 1)'
+  return f'{v.mean():.{digits}g} ± {v.std(ddof=1):.2g} (n = {len(v)})'

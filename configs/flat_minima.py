@@ -44,7 +44,7 @@ def get_config(arg=None):
     config.experiment.group = ''  # The sweep names the starting model.
     config.num_epochs = PHASE2_EPOCHS[scale]
     config.measure.hessian_every_epochs = HESSIAN_EVERY[scale]
-    config.eval_every_epochs = 2 if scale == 'cpu' else config.eval_every_epochs
+    config.eval_every_epochs = 4 if scale == 'cpu' else config.eval_every_epochs
   else:
     config.experiment.variant = 'phase1'
     config.experiment.group = variant

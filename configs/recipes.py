@@ -35,8 +35,8 @@ strengths used when an experiment adds a regularizer at the small learning rate,
 The `cpu` recipe is the CPU scale of every experiment, fixed by the protocol in
 docs/experiments.md: Fashion-MNIST (offline from the Debian package's IDX files) on a fixed
 10,000-example training subset, the MLP with plain SGD, 40 epochs at learning rates >= the tuned
-one and 80 below it (`budget`), evaluation every 2 (4) epochs, Tr(F) on 512 examples every 40
-steps, penalty strength 0.1 (1 diverged). The digits data stays the one-minute default of configs/default.py.
+one and 60 below it (`budget`), evaluation every 4 (6) epochs, Tr(F) on 512 examples every
+epoch, penalty strength 0.1 (1 diverged). The digits data stays the one-minute default of configs/default.py.
 """
 
 import dataclasses
@@ -130,8 +130,8 @@ RECIPES = {
     # training subset, with the budgets and measurement cadence of the protocol
     # (docs/experiments.md, "Protocol of the CPU-scale study").
     CPU: dataclasses.replace(
-        _MLP_FASHION_MNIST, train_subset=10_000, eval_every_epochs=2, slow_epochs=80,
-        slow_eval_every_epochs=4, measure_every_steps=40, measure_every_epochs=0,
+        _MLP_FASHION_MNIST, train_subset=10_000, eval_every_epochs=4, slow_epochs=60,
+        slow_eval_every_epochs=6, measure_every_steps=0, measure_every_epochs=1,
         checkpoint_every_epochs=20, hessian_probes=8),
 }
 SETTINGS = tuple(RECIPES)

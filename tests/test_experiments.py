@@ -76,7 +76,7 @@ def test_sweeps_vary_what_their_experiment_is_about():
   assert sorted({c.regularizer.strength for c in regs if c.regularizer.name == 'fp'}) == [
       0.03, 0.1, 0.3]
   small = [c for c in configs('fisher_explosion') if c.experiment.variant == 'small_lr']
-  assert all(c.num_epochs == 80 for c in small + regs)  # the protocol's slow budget
+  assert all(c.num_epochs == 60 for c in small + regs)  # the protocol's slow budget
   starts = sorted(c.regularizer.start_epoch for c in configs('fp_start')
                   if c.regularizer.name == 'fp')
   assert starts == [10, 40]

@@ -4,8 +4,11 @@ Every function takes the loaded runs of its experiment (`runs.load_runs`) and an
 directory, writes the figure (matplotlib, Agg, no pyplot state) and the CSV of exactly the
 numbers plotted, and returns that CSV's DataFrame. Runs are told apart by the `experiment`
 block of their config (`group`: one setting, a panel row; `variant`: one line or point); runs
-that share group and variant are seeds, drawn as their mean with a band (or error bar) of one
-standard deviation over seeds.
+that share group and variant are seeds. With few seeds every seed is drawn (thin lines, or
+points of a strip plot) with the mean over seeds (a thick line, or a point with error bars of
+one standard deviation; none for a single seed). The tuned and the small learning rate have
+the same colours in every figure (`COLORS`), each figure has one shared legend, and test
+accuracy is always the one at the best-validation evaluation.
 
 | experiment | function | figure |
 | --- | --- | --- |
@@ -52,6 +55,32 @@ _TITLES = {
 _LOG_SCALE = (FISHER, FISHER_BATCH, GRAD_NORM, HESSIAN, 'train_clean/grad_norm',
               'train_noisy/grad_norm')
 Derived = Dict[str, Callable[[pd.DataFrame], pd.Series]]
+# Fixed colours: the tuned and the small learning rate look the same in every figure.
+COLORS = {'tuned_lr': '#1f77b4', 'small_lr': '#d62728', 'fp': '#2ca02c', 'gpx': '#9467bd',
+          'gp': '#ff7f0e', 'gpr': '#8c564b', 'none': '#7f7f7f'}
+_UNITS = {'train/accuracy': 'accuracy (fraction)', 'val/accuracy': 'accuracy (fraction)',
+          'test/accuracy': 'accuracy (fraction)', FISHER: 'Tr(F) (sum over parameters)',
+          FISHER_BATCH: 'Tr(F_B)', GRAD_NORM: 'gradient norm (L2)', HESSIAN: 'Tr(H)'}
+
+
+def color_of(variant: str, index: int = 0) -> str:
+  """The colour of a variant: fixed for the known ones (tuned/small lr, penalties)."""
+  key = variant.split('=')[0].split(' ')[0]
+  return COLORS.get(variant, COLORS.get(key, f'C{(index + 4) % 10}'))
+
+
+def _shared_legend(fig: Figure, axes) -> None:
+  """One legend for the whole figure, below the panels, from every panel's labelled lines."""
+  handles, labels = {}, []
+  for ax in np.ravel(axes):
+    for h, l in zip(*ax.get_legend_handles_labels()):
+      if l not in handles:
+        handles[l] = h
+        labels.append(l)
+  if labels:
+    fig.legend([handles[l] for l in labels], labels, loc='lower center',
+               ncol=min(len(labels), 6), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.subplots_adjust(bottom=0.2)
 
 
 def _title(metric: str) -> str:
@@ -60,7 +89,7 @@ def _title(metric: str) -> str:
 
 def _save(fig: Figure, frame: pd.DataFrame, out_dir: str, name: str) -> pd.DataFrame:
   os.makedirs(out_dir, exist_ok=True)
-  fig.savefig(os.path.join(out_dir, f'{name}.png'), dpi=110, bbox_inches='tight')
+  fig.savefig(os.path.join(out_dir, f'{name}.png'), dpi=100, bbox_inches='tight')
   frame.to_csv(os.path.join(out_dir, f'{name}.csv'), index=False)
   return frame
 
@@ -126,9 +155,10 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
     return _save(_empty_figure(f'{name}: no runs with {", ".join(metrics)}'), curves, out_dir,
                  name)
   order = [v for v in (variants or _variant_order(runs)) if v in set(curves.variant)]
-  fig = Figure(figsize=(4.2 * len(metrics), 3.2 * len(groups)))
+  long = _long_curves(runs, metrics, derived)
+  fig = Figure(figsize=(3.6 * len(metrics), 2.9 * len(groups) + 0.6))
   axes = fig.subplots(len(groups), len(metrics), squeeze=False)
-  colors = {v: f'C{i % 10}' for i, v in enumerate(order)}
+  colors = {v: color_of(v, i) for i, v in enumerate(order)}
   for i, group in enumerate(groups):
     for j, metric in enumerate(metrics):
       ax = axes[i][j]
@@ -137,20 +167,24 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
                    (curves.metric == metric)].sort_values('epoch')
         if not len(c):
           continue
-        ax.plot(c.epoch, c['mean'], color=colors[variant], label=variant, lw=1.4)
-        if (c.n > 1).any():
-          ax.fill_between(c.epoch, c['mean'] - c['std'], c['mean'] + c['std'],
-                          color=colors[variant], alpha=0.2, lw=0)
+        seeds = long[(long.group == group) & (long.variant == variant) & (long.metric == metric)]
+        if seeds.run.nunique() > 1:  # every seed, thin, under the mean
+          for _, one in seeds.groupby('run'):
+            ax.plot(one.epoch, one.value, color=colors[variant], lw=0.6, alpha=0.35)
+        n = int(c.n.max())
+        ax.plot(c.epoch, c['mean'], color=colors[variant], lw=1.6,
+                label=f'{variant} (n = {n})' if n > 1 else variant)
       if metric in _LOG_SCALE and (curves[curves.metric == metric]['mean'] > 0).all():
         ax.set_yscale('log')
       ax.set_title(f'{group}: {_title(metric)}' if group else _title(metric), fontsize=9)
       ax.set_xlabel('epoch')
+      ax.set_ylabel(_UNITS.get(metric, _title(metric)), fontsize=8)
+      ax.tick_params(labelsize=8)
       ax.grid(alpha=0.3)
-      if j == 0 and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
   if suptitle:
     fig.suptitle(suptitle, fontsize=10)
   fig.tight_layout()
+  _shared_legend(fig, axes)
   return _save(fig, curves, out_dir, name)
 
 
@@ -168,24 +202,25 @@ def early_phase_table(runs: Sequence[Run], phase: summaries.EarlyPhase,
                       target: str = 'test/accuracy') -> pd.DataFrame:
   """One row per run: group, variant, seed, run, learning_rate, batch_size, early_fisher, best.
 
-  `early_fisher` is `summaries.early_value(run, phase)`; `best` the best value of `target`.
+  `early_fisher` is `summaries.early_value(run, phase)`; `best` the value of `target` at the
+  best-validation evaluation (model selection on validation, never on test).
   """
   return pd.DataFrame([{
       'group': r.group, 'variant': label_of(r), 'seed': r.get('seed'), 'run': r.name,
       'learning_rate': r.get('optimizer.learning_rate'), 'batch_size': r.get('batch_size'),
       'early_fisher': summaries.early_value(r, phase),
-      'best': summaries.best_value(r, target)} for r in runs],
+      'best': summaries.value_at_best(r, target, by='val/accuracy')} for r in runs],
       columns=['group', 'variant', 'seed', 'run', 'learning_rate', 'batch_size', 'early_fisher',
                'best'])
 
 
 def plot_early_fisher(runs: Sequence[Run], out_dir: str,
                       phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
-  """Experiment 2: early Tr(F_i) against the best test accuracy, one panel per sweep group.
+  """Experiment 2: early Tr(F_i) against test accuracy (at best validation), one panel per group.
 
-  Each point is one variant (a learning rate or a batch size): the mean over seeds, with error
-  bars of one standard deviation over seeds on both axes. The panel title gives the Spearman
-  correlation over the individual runs.
+  Small points are the runs; each large point is one variant (a learning rate or a batch size):
+  the mean over its seeds, with error bars of one standard deviation over seeds on both axes
+  (none for one seed). The panel title gives the Spearman correlation over the runs.
 
   Returns:
     One row per (group, variant): early_fisher_mean/std, best_mean/std, n, and the group's
@@ -197,27 +232,32 @@ def plot_early_fisher(runs: Sequence[Run], out_dir: str,
   points = stats.mean_std(table, ['group', 'variant', 'learning_rate', 'batch_size'],
                           ['early_fisher', 'best'])
   groups = _groups(runs)
-  fig = Figure(figsize=(4.2 * len(groups), 3.6))
+  fig = Figure(figsize=(4.6 * len(groups), 4.0))
   axes = fig.subplots(1, len(groups), squeeze=False)[0]
   points['spearman_rho'] = math.nan
   for ax, group in zip(axes, groups):
-    p = points[points.group == group]
+    p = points[points.group == group].sort_values('learning_rate')
     per_run = table[table.group == group]
     rho = stats.correlation(per_run.early_fisher, per_run.best, 'spearman')
     points.loc[points.group == group, 'spearman_rho'] = rho.r
-    ax.errorbar(p.early_fisher_mean, p.best_mean, xerr=p.early_fisher_std, yerr=p.best_std,
-                fmt='o', capsize=3)
-    for _, row in p.iterrows():
-      ax.annotate(row.variant, (row.early_fisher_mean, row.best_mean), fontsize=7,
-                  textcoords='offset points', xytext=(4, 4))
-    if (p.early_fisher_mean > 0).all():
+    for i, row in enumerate(p.itertuples()):
+      color = color_of(row.variant, i)
+      runs_of = per_run[per_run.variant == row.variant]
+      ax.scatter(runs_of.early_fisher, runs_of.best, s=14, color=color, alpha=0.45, lw=0)
+      ax.errorbar(row.early_fisher_mean, row.best_mean,
+                  xerr=row.early_fisher_std if row.n > 1 else None,
+                  yerr=row.best_std if row.n > 1 else None, fmt='o', ms=7, capsize=3,
+                  color=color, label=f'{row.variant} (n = {row.n})')
+    if (per_run.early_fisher > 0).all() and len(per_run):
       ax.set_xscale('log')
-    ax.set_xlabel('early-phase Tr(F_i)')
-    ax.set_ylabel('best test accuracy')
-    ax.set_title(f'{group}: Spearman rho={rho.r:.2f} (n={rho.n})', fontsize=9)
+    ax.set_xlabel('early-phase Tr(F_i) (log scale)')
+    ax.set_ylabel('test accuracy at best validation')
+    ax.tick_params(labelsize=8)
+    ax.set_title(f'{group}: Spearman rho = {rho.r:.2f} (n = {rho.n} runs)', fontsize=9)
     ax.grid(alpha=0.3)
   fig.suptitle(f'Tr(F_i): {phase.describe()}', fontsize=8)
   fig.tight_layout()
+  _shared_legend(fig, axes)
   return _save(fig, points, out_dir, 'early_fisher')
 
 
@@ -229,9 +269,11 @@ def plot_regularizers(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
 
 
 def final_table(runs: Sequence[Run], metric: str = 'test/accuracy') -> pd.DataFrame:
-  """Final `metric` per (group, variant): mean, std over seeds, n (long format)."""
+  """`metric` at the best-validation evaluation per (group, variant): mean, std over seeds
+  (NaN for one seed), n (long format)."""
   frame = pd.DataFrame([{'group': r.group, 'variant': label_of(r),
-                         'value': summaries.final_value(r, metric)} for r in runs],
+                         'value': summaries.value_at_best(r, metric, by='val/accuracy')}
+                        for r in runs],
                        columns=['group', 'variant', 'value'])
   return stats.mean_std(frame, ['group', 'variant'], ['value']).rename(
       columns={'value_mean': 'mean', 'value_std': 'std'})
@@ -268,7 +310,7 @@ def plot_fp_start(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
       'kind': 'fp' if r.get('regularizer.name') == 'fp' else label_of(r),
       'start_epoch': (float(r.get('regularizer.start_epoch'))
                       if r.get('regularizer.name') == 'fp' else math.nan),
-      'value': summaries.final_value(r)} for r in runs],
+      'value': summaries.test_at_best_val(r)} for r in runs],
       columns=['group', 'kind', 'start_epoch', 'value'])
   if not len(frame):
     return _save(_empty_figure('fp_start: no runs'), frame, out_dir, 'fp_start')
@@ -281,20 +323,21 @@ def plot_fp_start(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
     p = points[points.group == group]
     fp = p[p.kind == 'fp'].sort_values('start_epoch')
     ax.errorbar(fp.start_epoch, fp['mean'], yerr=fp['std'], fmt='o-', capsize=3,
-                label='FP from epoch e', color='C2')
-    for k, (kind, color) in enumerate((('tuned_lr', 'C0'), ('small_lr', 'C1'))):
+                label='FP from epoch e', color=COLORS['fp'])
+    for k, (kind, color) in enumerate((('tuned_lr', COLORS['tuned_lr']),
+                                       ('small_lr', COLORS['small_lr']))):
       base = p[p.kind == kind]
       if len(base):
         m, s = float(base['mean'].iloc[0]), float(base['std'].iloc[0])
         ax.axhline(m, color=color, ls='--', label=kind)
-        if s > 0:
+        if np.isfinite(s) and s > 0:
           ax.axhspan(m - s, m + s, color=color, alpha=0.15, lw=0)
     ax.set_xlabel('epoch e at which FP starts')
-    ax.set_ylabel('final test accuracy')
+    ax.set_ylabel('test accuracy at best validation')
     ax.set_title(group or 'fp_start', fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
   fig.tight_layout()
+  _shared_legend(fig, axes)
   return _save(fig, points, out_dir, 'fp_start')
 
 
@@ -320,8 +363,8 @@ def plot_memorization(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
 
 def flat_minima_table(runs: Sequence[Run],
                       phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
-  """Experiment 6, one row per run: group, variant, seed, early_fisher, best test accuracy,
-  Tr(H) at the best-test point and at the end.
+  """Experiment 6, one row per run: group, variant, seed, early_fisher, test accuracy and Tr(H)
+  at the best-validation point ('best_test_accuracy', 'hessian_at_best'), Tr(H) at the end.
 
   Phase-1 runs (variant 'phase1') give the early Tr(F_i) of their group; the continued runs
   (variant 'phase2') are drawn in the histograms.
@@ -329,7 +372,7 @@ def flat_minima_table(runs: Sequence[Run],
   return pd.DataFrame([{
       'group': r.group, 'variant': r.variant, 'seed': r.get('seed'), 'run': r.name,
       'early_fisher': summaries.early_value(r, phase),
-      'best_test_accuracy': summaries.best_value(r),
+      'best_test_accuracy': summaries.test_at_best_val(r),
       'hessian_at_best': summaries.value_at_best(r, HESSIAN),
       'final_hessian': summaries.final_value(r, HESSIAN)} for r in runs],
       columns=['group', 'variant', 'seed', 'run', 'early_fisher', 'best_test_accuracy',
@@ -338,8 +381,8 @@ def flat_minima_table(runs: Sequence[Run],
 
 def plot_flat_minima(runs: Sequence[Run], out_dir: str,
                      phase: summaries.EarlyPhase = summaries.EarlyPhase()) -> pd.DataFrame:
-  """Experiment 6: histograms, over the continued runs' seeds, of Tr(H) at the best-test point
-  and of the best test accuracy, one colour per starting model (group).
+  """Experiment 6: strip plots of the continued runs' Tr(H) and test accuracy at the
+  best-validation point, one colour per starting model (group), with mean ± std.
 
   Returns:
     `flat_minima_table` of the continued runs, with the phase-1 early Tr(F_i) of their group as
@@ -352,22 +395,29 @@ def plot_flat_minima(runs: Sequence[Run], out_dir: str,
   if not len(children):
     return _save(_empty_figure('flat_minima: no continued runs'), children, out_dir,
                  'flat_minima')
-  fig = Figure(figsize=(9, 3.4))
+  fig = Figure(figsize=(8, 3.8))
   axes = fig.subplots(1, 2)
+  groups = sorted(children.group.unique())
   for k, column in enumerate(('hessian_at_best', 'best_test_accuracy')):
-    values = children[column].dropna()
-    bins = np.linspace(values.min(), values.max(), 11) if len(values) and np.ptp(values) else 10
-    for i, group in enumerate(sorted(children.group.unique())):
-      c = children[children.group == group]
-      parent = parents.get(group, math.nan)
-      axes[k].hist(c[column].dropna(), bins=bins, alpha=0.55, color=f'C{i}',
-                   label=f'from {group} (early Tr(F_i)={parent:.3g})')
-    axes[k].set_xlabel({'hessian_at_best': 'Tr(H) at the best-test point',
-                        'best_test_accuracy': 'best test accuracy'}[column])
-    axes[k].set_ylabel('runs')
-    axes[k].legend(fontsize=7)
-    axes[k].grid(alpha=0.3)
+    for i, group in enumerate(groups):  # a strip plot: every run, and mean ± std
+      values = children[children.group == group][column].dropna().to_numpy()
+      parent = float(np.nanmean(table[(table.variant == 'phase1') &
+                                      (table.group == group)].early_fisher))
+      color = color_of(group, i)
+      jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else np.zeros(1)
+      axes[k].scatter(i + jitter[:len(values)], values, s=18, color=color, alpha=0.6, lw=0)
+      if len(values):
+        axes[k].errorbar(i + 0.22, values.mean(), yerr=values.std(ddof=1) if len(values) > 1
+                         else None, fmt='o', ms=7, capsize=3, color=color,
+                         label=f'start {group}: phase-1 Tr(F_i) {parent:.3g} (n = {len(values)})')
+    axes[k].set_xticks(range(len(groups)), [f'start {g}' for g in groups], fontsize=8)
+    axes[k].set_xlim(-0.5, len(groups) - 0.5)
+    axes[k].set_ylabel({'hessian_at_best': 'Tr(H) at best validation',
+                        'best_test_accuracy': 'test accuracy at best validation'}[column])
+    axes[k].tick_params(labelsize=8)
+    axes[k].grid(alpha=0.3, axis='y')
   fig.tight_layout()
+  _shared_legend(fig, axes)
   return _save(fig, children, out_dir, 'flat_minima')
 
 
@@ -415,7 +465,7 @@ def plot_curvature_correlations(runs: Sequence[Run], out_dir: str) -> pd.DataFra
     both = points.dropna(subset=[column])
     for i, variant in enumerate(variants):
       p = both[both.variant == variant]
-      ax.scatter(p.fisher_trace, p[column], s=12, color=f'C{i % 10}', label=variant)
+      ax.scatter(p.fisher_trace, p[column], s=12, color=color_of(variant, i), label=variant)
     title = f'Tr(F) vs {name}'
     if len(both) >= 3:
       pearson, spearman = _log_correlations(both.fisher_trace, both[column])
@@ -423,13 +473,13 @@ def plot_curvature_correlations(runs: Sequence[Run], out_dir: str) -> pd.DataFra
       if ((both.fisher_trace > 0) & (both[column] > 0)).all():
         ax.set_xscale('log')
         ax.set_yscale('log')
-    ax.set_xlabel('Tr(F)')
-    ax.set_ylabel(name)
+    ax.set_xlabel('Tr(F) (log scale)')
+    ax.set_ylabel(f'{name} (log scale)')
     ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=6)
   fig.tight_layout()
+  _shared_legend(fig, axes)
   return _save(fig, points, out_dir, 'curvature_correlations')
 
 

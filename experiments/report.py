@@ -70,7 +70,7 @@ SENSITIVITY = (
     summaries.EarlyPhase(method='threshold', threshold=0.8),
     summaries.EarlyPhase(method='window', start_epoch=0.0, end_epoch=5.0),
 )
-_DIRECTIONS = {'C1': 'greater', 'C2': 'greater', 'C3': 'less', 'C4': 'greater', 'C5': 'less'}
+_PENALTY_NAMES = {'gpx': 'GPx', 'gp': 'GP', 'fp': 'FP', 'gpr': 'GPr'}
 
 
 def _cell(value) -> str:
@@ -177,7 +177,7 @@ def regularizer_table(runs: Sequence[analysis.Run]) -> pd.DataFrame:
     for name in ('gpx', 'gp', 'fp', 'gpr'):
       for strength in sorted({float(r.get('regularizer.strength')) for r in penalized
                               if r.get('regularizer.name') == name}):
-        arms.append((f'{name.upper() if name != "gpx" else "GPx"} {strength:g}',
+        arms.append((f'{_PENALTY_NAMES[name]} {strength:g}',
                      [r for r in penalized if r.get('regularizer.name') == name
                       and float(r.get('regularizer.strength')) == strength]))
     for label, arm in arms:

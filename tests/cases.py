@@ -118,15 +118,19 @@ def mlp_logits(params, inputs):
 
 def write_run(path, records, *, name='fisher_explosion', group='g', variant='small_lr', seed=0,
               lr=0.001, batch_size=128, num_epochs=8, early_epochs=2.0, regularizer='none',
-              strength=0.0, start_epoch=0):
+              strength=0.0, start_epoch=0, every_k=10, label_noise=0.0, setting=None,
+              eval_every_epochs=1, init_from=None):
   """Writes config.json and metrics.jsonl as fisher_jax does; returns the path."""
   os.makedirs(path, exist_ok=True)
   config = {'seed': seed, 'batch_size': batch_size, 'num_epochs': num_epochs,
+            'eval_every_epochs': eval_every_epochs, 'init_from': {'workdir': init_from},
+            'dataset': {'name': 'd', 'label_noise': label_noise},
             'optimizer': {'learning_rate': lr},
             'regularizer': {'name': regularizer, 'strength': strength,
-                            'start_epoch': start_epoch},
+                            'start_epoch': start_epoch, 'every_k': every_k},
             'experiment': {'name': name, 'group': group, 'variant': variant,
-                           'early_epochs': early_epochs}}
+                           'early_epochs': early_epochs, 'setting': setting or group.split('/')[0],
+                           'tuned_lr': 0.0316}}
   with open(os.path.join(path, 'config.json'), 'w') as f:
     json.dump(config, f)
   with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
@@ -135,13 +139,17 @@ def write_run(path, records, *, name='fisher_explosion', group='g', variant='sma
   return str(path)
 
 
-def epoch_records(fisher, test=None, train=None, hessian=None, steps_per_epoch=10):
-  """Records at epochs 0..len(fisher)-1 (epoch 0 holds only the curvature, as step 0 does)."""
+def epoch_records(fisher, test=None, train=None, hessian=None, val=None, steps_per_epoch=10,
+                  train_loss=None):
+  """Records at epochs 0..len(fisher)-1 (epoch 0 holds only the curvature, as step 0 does).
+  Validation accuracy is the test accuracy unless `val` is given."""
   out = []
+  val = test if val is None else val
   for e, value in enumerate(fisher):
     record = {'step': e * steps_per_epoch, 'epoch': float(e), 'curvature/fisher_trace': value}
     if e > 0:
       for key, values in (('test/accuracy', test), ('train/accuracy', train),
+                          ('val/accuracy', val), ('train/loss', train_loss),
                           ('curvature/hessian_trace', hessian)):
         if values is not None:
           record[key] = values[e]

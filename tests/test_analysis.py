@@ -80,7 +80,7 @@ def test_best_final_and_value_at_best(tmp_path):
   assert analysis.final_value(run) == 0.7
   assert analysis.value_at_best(run, 'curvature/hessian_trace') == 20.0
   assert analysis.mean_value(run, 'test/accuracy', 2, 3) == pytest.approx(0.75)
-  assert math.isnan(analysis.best_value(run, 'val/accuracy'))
+  assert math.isnan(analysis.best_value(run, 'val/loss'))
 
 
 def test_correlation_matches_scipy_and_its_interval_behaves():
@@ -110,7 +110,8 @@ def test_mean_std_over_seeds():
   frame = pd.DataFrame({'g': ['a', 'a', 'a', 'b'], 'v': [1.0, 2.0, 6.0, 5.0]})
   out = analysis.mean_std(frame, ['g'], ['v'])
   assert out.v_mean.tolist() == [3.0, 5.0]
-  assert out.v_std.tolist() == [pytest.approx(np.std([1, 2, 6], ddof=1)), 0.0]
+  assert out.v_std[0] == pytest.approx(np.std([1, 2, 6], ddof=1))
+  assert math.isnan(out.v_std[1])  # one seed: no standard deviation (not 0)
   assert out.n.tolist() == [3, 1]
 
 
@@ -125,108 +126,6 @@ def _explosion_runs(root, small_peak, tuned_peak, seeds=2):
   return analysis.load_runs(str(root))
 
 
-def test_claim_c1_holds_at_a_4x_peak_and_not_at_2x(tmp_path):
-  phase = analysis.EarlyPhase()
-  held = claims.check_c1(_explosion_runs(tmp_path / 'a', 39.5, 9.5), phase)
-  assert held.verdict == 'held'
-  assert held.table.ratio.tolist() == [pytest.approx(40 / 10)]  # Means over seeds 0, 1.
-  not_held = claims.check_c1(_explosion_runs(tmp_path / 'b', 19.5, 9.5), phase)
-  assert not_held.verdict == 'not held' and not_held.table.ratio[0] == pytest.approx(2.0)
-  assert claims.check_c1([], phase).verdict == 'no data'
-
-
-def test_claim_c2_compares_fp_with_the_small_lr_and_tuned_baselines(tmp_path):
-  for variant, peak, acc in (('tuned_lr', 5, 0.9), ('small_lr', 50, 0.7), ('fp', 10, 0.85)):
-    write_run(tmp_path / variant, epoch_records([1, peak, 1], test=[None, 0.1, acc]),
-              name='regularizers', variant=variant)
-  result = claims.check_c2(analysis.load_runs(str(tmp_path)), analysis.EarlyPhase())
-  assert result.verdict == 'held'
-  assert result.table.gap_closed[0] == pytest.approx(0.75)  # (0.85 - 0.7) / (0.9 - 0.7)
-  write_run(tmp_path / 'fp', epoch_records([1, 60, 1], test=[None, 0.1, 0.8]),
-            name='regularizers', variant='fp')  # FP raises the peak: not held.
-  assert claims.check_c2(analysis.load_runs(str(tmp_path)),
-                         analysis.EarlyPhase()).verdict == 'not held'
-
-
-def test_claim_c3_uses_the_learning_rate_groups_and_the_interval(tmp_path):
-  lrs = (0.001, 0.003, 0.01, 0.03, 0.1)
-  for i, lr in enumerate(lrs):
-    for seed in range(2):
-      peak = 100.0 / (i + 1) + seed   # Falls with the learning rate ...
-      acc = 0.6 + 0.05 * i + 0.001 * seed  # ... while the accuracy rises.
-      write_run(tmp_path / f'lr{i}_s{seed}', epoch_records([1, peak, 1], test=[None, acc, acc]),
-                name='early_fisher', group='digits/lr', variant=f'lr={lr}', lr=lr, seed=seed)
-  # A batch-size group is not part of C3 even though it correlates positively.
-  for i, b in enumerate((32, 512, 2048)):
-    write_run(tmp_path / f'bs{i}', epoch_records([1, 10 * (i + 1), 1],
-                                                 test=[None, 0.5 + 0.1 * i, 0.5]),
-              name='early_fisher', group='digits/batch_size', variant=f'B={b}', batch_size=b)
-  runs = analysis.load_runs(str(tmp_path))
-  result = claims.check_c3(runs, analysis.EarlyPhase())
-  assert result.verdict == 'held'
-  assert result.table.group.tolist() == ['digits/lr']
-  early = [100.0 / (i + 1) + s for i in range(5) for s in range(2)]
-  best = [0.6 + 0.05 * i + 0.001 * s for i in range(5) for s in range(2)]
-  assert result.table.spearman_rho[0] == pytest.approx(scipy_stats.spearmanr(early, best)[0])
-  assert result.table.n[0] == 10
-
-
-def test_claim_c4_compares_relative_slowdowns(tmp_path):
-  def noisy_run(name, strength, clean, noisy):
-    records = [{'step': 10 * e, 'epoch': float(e), 'train_clean/accuracy': clean[e],
-                'train_noisy/accuracy': noisy[e]} for e in range(3)]
-    write_run(tmp_path / name, records, name='memorization', group='simple_cnn',
-              variant=f'fp={strength}', regularizer='fp' if strength else 'none',
-              strength=strength)
-  noisy_run('none', 0.0, [0.5, 0.9, 1.0], [0.1, 0.4, 0.7])     # means 0.8 and 0.4
-  noisy_run('fp1', 1.0, [0.5, 0.8, 0.9], [0.1, 0.2, 0.3])      # means 0.7333 and 0.2
-  noisy_run('fp10', 10.0, [0.3, 0.5, 0.6], [0.1, 0.4, 0.7])    # means 0.4667 and 0.4
-  result = claims.check_c4(analysis.load_runs(str(tmp_path)))
-  t = result.table.set_index('strength')
-  assert t.loc[1.0, 'clean_slowdown'] == pytest.approx(1 - 0.7333333 / 0.8)
-  assert t.loc[1.0, 'noisy_slowdown'] == pytest.approx(0.5)
-  assert t.loc[10.0, 'noisy_slowdown'] == pytest.approx(0.0)
-  assert result.verdict == 'not held'  # 1 of 2 strengths is not a majority.
-
-
-def test_claim_c5_and_the_flat_minima_figure(tmp_path):
-  write_run(tmp_path / 'p1_fp', epoch_records([1, 5, 4]), name='flat_minima', group='fp',
-            variant='phase1')
-  write_run(tmp_path / 'p1_none', epoch_records([1, 50, 40]), name='flat_minima', group='none',
-            variant='phase1')
-  for seed, (h_fp, h_none) in enumerate(((10, 30), (12, 28), (14, 26))):
-    write_run(tmp_path / f'p2_fp_{seed}', epoch_records(
-        [1, 2, 3], test=[None, 0.9, 0.8], hessian=[None, h_fp, 99]), name='flat_minima',
-        group='fp', variant='phase2', seed=seed)
-    write_run(tmp_path / f'p2_none_{seed}', epoch_records(
-        [1, 2, 3], test=[None, 0.7, 0.75], hessian=[None, 1, h_none]), name='flat_minima',
-        group='none', variant='phase2', seed=seed)
-  runs = analysis.load_runs(str(tmp_path))
-  result = claims.check_c5(runs, [], analysis.EarlyPhase())
-  rows = result.table.set_index('group')
-  # Tr(H) at the best-test point (epoch 1 from fp, epoch 2 from none), not at the end.
-  assert rows.loc['fp', 'hessian_at_best_mean'] == pytest.approx(12.0)
-  assert rows.loc['none', 'hessian_at_best_mean'] == pytest.approx(28.0)
-  assert result.verdict == 'held'  # The lower start (fp, Tr(F_i) 5 vs 50) ends lower.
-  # Swap the phase-1 Tr(F) values: the lower start now ends higher.
-  write_run(tmp_path / 'p1_fp', epoch_records([1, 500, 4]), name='flat_minima', group='fp',
-            variant='phase1')
-  swapped = claims.check_c5(analysis.load_runs(str(tmp_path)), [], analysis.EarlyPhase())
-  assert swapped.verdict == 'not held'
-  out = plots.plot_flat_minima(runs, str(tmp_path / 'fig'))
-  assert sorted(out.hessian_at_best[out.group == 'fp']) == [10, 12, 14]
-  assert set(out.parent_early_fisher) == {5.0, 50.0}
-  assert os.path.getsize(tmp_path / 'fig' / 'flat_minima.png') > 1000
-
-
-def test_claim_c5_falls_back_on_the_hessian_trace_runs(tmp_path):
-  for i, (peak, final_h) in enumerate(((1, 10), (2, 20), (3, 30), (4, 40), (5, 50))):
-    write_run(tmp_path / f'r{i}', epoch_records([1, peak, 1], hessian=[None, 1, final_h]),
-              name='hessian_trace', variant=f'lr={i}')
-  result = claims.check_c5([], analysis.load_runs(str(tmp_path)), analysis.EarlyPhase())
-  assert result.verdict == 'held' and result.table.spearman_rho[0] == pytest.approx(1.0)
-
-
 def _read_csv(path):
   return pd.read_csv(path)
 
@@ -239,8 +138,8 @@ def test_curve_plots_write_the_seed_mean_and_std(tmp_path):
   fisher = saved[(saved.variant == 'small_lr') & (saved.metric == 'curvature/fisher_trace')]
   assert fisher['mean'].tolist() == [1.0, 40.0, 19.75, 1.0]   # Seeds 0, 1: 39.5 and 40.5.
   assert fisher['std'].tolist()[1] == pytest.approx(np.std([39.5, 40.5], ddof=1))
-  test = saved[(saved.variant == 'tuned_lr') & (saved.metric == 'val/accuracy')]
-  assert test.empty  # No val/accuracy logged in these runs: nothing drawn, nothing written.
+  val = saved[(saved.variant == 'tuned_lr') & (saved.metric == 'val/accuracy')]
+  assert val['mean'].tolist() == pytest.approx([0.6, 0.7, 0.8])  # epochs 1-3, both seeds
   assert os.path.getsize(tmp_path / 'fig' / 'fisher_explosion.png') > 1000
 
 
@@ -250,7 +149,8 @@ def test_early_fisher_plot_points_are_seed_means_with_std(tmp_path):
       write_run(tmp_path / f'lr{i}_s{seed}', epoch_records(
           [1, 10.0 * (3 - i) + 2 * seed, 1], test=[None, 0.5 + 0.1 * i + 0.02 * seed, 0.5]),
           name='early_fisher', group='d/lr', variant=f'lr={lr}', lr=lr, seed=seed)
-  out = plots.plot_early_fisher(analysis.load_runs(str(tmp_path)), str(tmp_path / 'fig'))
+  out = plots.plot_early_fisher(analysis.load_runs(str(tmp_path)), str(tmp_path / 'fig'),
+                               analysis.EarlyPhase(method='window'))
   saved = _read_csv(tmp_path / 'fig' / 'early_fisher.csv').set_index('variant')
   assert saved.loc['lr=0.001', 'early_fisher_mean'] == pytest.approx(31.0)
   assert saved.loc['lr=0.001', 'early_fisher_std'] == pytest.approx(np.std([30, 32], ddof=1))

@@ -1,8 +1,10 @@
 """Turning run directories (config.json + metrics.jsonl) into the study's numbers and figures.
 
   runs = analysis.load_runs('runs/cpu/fisher_explosion')
-  phase = analysis.EarlyPhase(method='window', end_epoch=3)
-  analysis.early_value(runs[0], phase)            # the early-phase Tr(F_i)
+  analysis.early_fisher(runs[0])                  # the primary early-phase Tr(F_i)
+  analysis.early_value(runs[0], analysis.EarlyPhase(method='window', end_epoch=5))
+  analysis.test_at_best_val(runs[0])              # test accuracy at the best validation point
+  analysis.ratio(a, b).verdict('greater')         # effect, 95% CI, held / not held / opposite
   analysis.correlation(x, y, method='spearman')   # with a bootstrap interval
   analysis.plots.plot_fisher_explosion(runs, 'figures/')   # PNG + CSV
 """
@@ -14,6 +16,8 @@ _extras.require('analysis', __name__)
 from fisher_jax.analysis import claims
 from fisher_jax.analysis import plots
 from fisher_jax.analysis.runs import Run, label_of, load_run, load_runs, read_metrics, runs_table
-from fisher_jax.analysis.stats import Correlation, correlation, mean_std
-from fisher_jax.analysis.summaries import (EarlyPhase, best_value, early_value, final_value,
-                                           mean_value, value_at_best)
+from fisher_jax.analysis.stats import (Correlation, Effect, correlation, difference,
+                                       format_mean_std, mean_std, paired_difference, ratio)
+from fisher_jax.analysis.summaries import (EarlyPhase, PRIMARY_THRESHOLD, best_value, diverged,
+                                           early_fisher, early_value, final_value, mean_value,
+                                           test_at_best_val, value_at_best)

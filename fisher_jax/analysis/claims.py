@@ -373,7 +373,7 @@ def check_c5(runs: Sequence[Run], phase: summaries.EarlyPhase) -> ClaimResult:
   verdict = effect.verdict('less')
   evidence = (f"phase 1: start '{low}' Tr(F_i) "
               f"{table.set_index('start').phase1_early_fisher_text[low]} against '{high}' "
-              f"{table.set_index('start').phase1_early_fisher_text[high]} (ratio "
+              f"{table.set_index('start').phase1_early_fisher_text[high]} ("
               f"{precondition.describe()}); phase 2, Tr(H) at the best-validation point: "
               f"'{low}' {table.set_index('start').phase2_hessian_at_best_val[low]}, '{high}' "
               f"{table.set_index('start').phase2_hessian_at_best_val[high]}; ratio "

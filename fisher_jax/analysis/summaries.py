@@ -74,9 +74,11 @@ def early_fisher(records: Union[Run, pd.DataFrame, Iterable[Mapping[str, Any]]],
   if metric not in frame or not frame[metric].notna().any():
     return math.nan
   values = frame[['step', metric]].dropna()
-  accuracy = (frame[['step', accuracy_metric]].dropna() if accuracy_metric in frame else
-              frame.iloc[:0])
-  reached = accuracy[accuracy[accuracy_metric] >= threshold]
+  if accuracy_metric in frame:
+    accuracy = frame[['step', accuracy_metric]].dropna()
+    reached = accuracy[accuracy[accuracy_metric] >= threshold]
+  else:
+    reached = frame.iloc[:0]
   if len(reached):
     values = values[values.step <= reached.step.iloc[0]]
   elif not allow_unfinished:
@@ -196,14 +198,18 @@ def test_at_best_val(run: Run) -> float:
 
 def diverged(run: Run) -> bool:
   """Whether the run diverged: its record says so (`Run.diverged`, when the runs module
-  provides it), or a logged training or validation loss is not finite."""
+  provides it), or a training or validation loss logged with its accuracy is not finite
+  (NaN or infinite; a NaN loss is stored as NaN, like a missing value, so the loss is read at
+  the points that logged the accuracy)."""
   flag = getattr(run, 'diverged', None)
   if flag is not None and not callable(flag):
     return bool(flag)
-  for metric in ('train/loss', 'val/loss'):
-    if metric in run.metrics:
-      values = pd.to_numeric(run.metrics[metric], errors='coerce').dropna()
-      if len(values) and not np.isfinite(values.to_numpy(float)).all():
+  for split in ('train', 'val'):
+    loss, accuracy = f'{split}/loss', f'{split}/accuracy'
+    if loss in run.metrics and accuracy in run.metrics:
+      logged = run.metrics[run.metrics[accuracy].notna()]
+      values = pd.to_numeric(logged[loss], errors='coerce').to_numpy(float)
+      if len(values) and not np.isfinite(values).all():
         return True
   return False
 

@@ -246,7 +246,8 @@ def _sensitivity(runs: Sequence[analysis.Run]) -> pd.DataFrame:
         ('C3 Spearman rho', results['C3'].effect, 'less'),
         ('C5 phase-1 ratio', c5, 'less')):
       row[label] = (f'{effect.estimate:.3g} [{effect.low:.3g}, {effect.high:.3g}] '
-                    f'{effect.verdict(direction)}' if effect is not None else 'no data')
+                    f'{effect.verdict(direction)}'
+                    if effect is not None and np.isfinite(effect.estimate) else 'no data')
     row['C5 verdict'] = results['C5'].verdict
     rows.append(row)
   return pd.DataFrame(rows)

@@ -9,8 +9,6 @@ import pandas as pd
 
 from cases import epoch_records
 from cases import write_run
-from cases import epoch_records
-from cases import write_run
 from experiments import report
 
 SMALL, TUNED = 0.001, 0.0316

@@ -28,6 +28,7 @@ import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from matplotlib import ticker
 from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
@@ -64,9 +65,32 @@ _UNITS = {'train/accuracy': 'accuracy (fraction)', 'val/accuracy': 'accuracy (fr
 
 
 def color_of(variant: str, index: int = 0) -> str:
-  """The colour of a variant: fixed for the known ones (tuned/small lr, penalties)."""
-  key = variant.split('=')[0].split(' ')[0]
+  """The colour of a variant: fixed for the known ones (tuned/small lr, penalties; a momentum
+  variant has its plain variant's colour and a dashed line)."""
+  key = variant.replace('_momentum', '').split(' ')[0]
   return COLORS.get(variant, COLORS.get(key, f'C{(index + 4) % 10}'))
+
+
+def _plain_log_ticks(ax, axis: str = 'both') -> None:
+  """Readable ticks on log axes ('100', '200', '500', no minor labels); an axis whose data span
+  less than a factor of 10 goes back to a linear scale, where its ticks are readable."""
+  formatter = ticker.FuncFormatter(lambda v, _: f'{v:g}')
+  for name in ('x', 'y') if axis == 'both' else (axis,):
+    which = ax.xaxis if name == 'x' else ax.yaxis
+    if (ax.get_xscale() if name == 'x' else ax.get_yscale()) != 'log':
+      continue
+    low, high = ax.dataLim.intervalx if name == 'x' else ax.dataLim.intervaly
+    if low > 0 and high / low < 10:
+      (ax.set_xscale if name == 'x' else ax.set_yscale)('linear')
+      continue
+    which.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(formatter)
+    which.set_minor_formatter(ticker.NullFormatter())
+
+
+def _style(variant: str) -> str:
+  return '--' if 'momentum' in variant else '-'
+
 
 
 def _shared_legend(fig: Figure, axes) -> None:
@@ -149,6 +173,8 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
   """Rows = groups, columns = metrics, one line (mean over seeds, ±1 std band) per variant."""
   if variants is not None:
     runs = [r for r in runs if label_of(r) in variants]
+  broken = [r for r in runs if summaries.diverged(r)]  # drawn, never averaged in
+  runs = [r for r in runs if not summaries.diverged(r)]
   curves = _seed_curves(_long_curves(runs, metrics, derived))
   groups = _groups(runs)
   if not len(curves):
@@ -156,6 +182,7 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
                  name)
   order = [v for v in (variants or _variant_order(runs)) if v in set(curves.variant)]
   long = _long_curves(runs, metrics, derived)
+  long_broken = _long_curves(broken, metrics, derived)
   fig = Figure(figsize=(3.6 * len(metrics), 2.9 * len(groups) + 0.6))
   axes = fig.subplots(len(groups), len(metrics), squeeze=False)
   colors = {v: color_of(v, i) for i, v in enumerate(order)}
@@ -172,10 +199,15 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
           for _, one in seeds.groupby('run'):
             ax.plot(one.epoch, one.value, color=colors[variant], lw=0.6, alpha=0.35)
         n = int(c.n.max())
-        ax.plot(c.epoch, c['mean'], color=colors[variant], lw=1.6,
+        ax.plot(c.epoch, c['mean'], color=colors[variant], lw=1.6, ls=_style(variant),
                 label=f'{variant} (n = {n})' if n > 1 else variant)
+      for run_name, one in long_broken[(long_broken.group == group) &
+                                       (long_broken.metric == metric)].groupby('run'):
+        ax.plot(one.epoch, one.value, color='0.5', lw=0.8, ls=':',
+                label='diverged run (not averaged)')
       if metric in _LOG_SCALE and (curves[curves.metric == metric]['mean'] > 0).all():
         ax.set_yscale('log')
+        _plain_log_ticks(ax, 'y')
       ax.set_title(f'{group}: {_title(metric)}' if group else _title(metric), fontsize=9)
       ax.set_xlabel('epoch')
       ax.set_ylabel(_UNITS.get(metric, _title(metric)), fontsize=8)
@@ -250,7 +282,8 @@ def plot_early_fisher(runs: Sequence[Run], out_dir: str,
                   color=color, label=f'{row.variant} (n = {row.n})')
     if (per_run.early_fisher > 0).all() and len(per_run):
       ax.set_xscale('log')
-    ax.set_xlabel('early-phase Tr(F_i) (log scale)')
+      _plain_log_ticks(ax, 'x')
+    ax.set_xlabel('early-phase Tr(F_i)' + (' (log scale)' if ax.get_xscale() == 'log' else ''))
     ax.set_ylabel('test accuracy at best validation')
     ax.tick_params(labelsize=8)
     ax.set_title(f'{group}: Spearman rho = {rho.r:.2f} (n = {rho.n} runs)', fontsize=9)
@@ -264,8 +297,10 @@ def plot_early_fisher(runs: Sequence[Run], out_dir: str,
 def plot_regularizers(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
   """Experiment 3 (curves): validation accuracy and Tr(F) of FP and GPx against the small-lr
   baseline (and the tuned-lr reference), one row per setting."""
+  order = ['tuned_lr', 'small_lr'] + sorted({label_of(r) for r in runs} -
+                                           {'tuned_lr', 'small_lr'})
   return _plot_curve_grid(runs, out_dir, 'regularizers', ['val/accuracy', FISHER],
-                          variants=['tuned_lr', 'small_lr', 'fp', 'gpx'])
+                          variants=order)
 
 
 def final_table(runs: Sequence[Run], metric: str = 'test/accuracy') -> pd.DataFrame:
@@ -473,8 +508,9 @@ def plot_curvature_correlations(runs: Sequence[Run], out_dir: str) -> pd.DataFra
       if ((both.fisher_trace > 0) & (both[column] > 0)).all():
         ax.set_xscale('log')
         ax.set_yscale('log')
-    ax.set_xlabel('Tr(F) (log scale)')
-    ax.set_ylabel(f'{name} (log scale)')
+        _plain_log_ticks(ax)
+    ax.set_xlabel('Tr(F)' + (' (log scale)' if ax.get_xscale() == 'log' else ''))
+    ax.set_ylabel(name + (' (log scale)' if ax.get_yscale() == 'log' else ''))
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)

@@ -150,9 +150,9 @@ def runs_table(runs: Sequence[analysis.Run]) -> pd.DataFrame:
                     if r.get('regularizer.name', 'none') != 'none' else ''),
         'batch': r.get('batch_size'), 'seed': r.get('seed'), 'epochs': r.get('num_epochs'),
         'final train acc': final_train,
-        'converged': ('diverged' if diverged else
-                      'yes' if claims.converged(r) else 'no') + (' (noisy labels)' if noisy
-                                                                 else ''),
+        'converged': ('diverged' if diverged else 'incomplete' if not summaries.finished(r)
+                      else 'yes' if claims.converged(r) else 'no') + (' (noisy labels)' if noisy
+                                                                      else ''),
         'test acc at best val': math.nan if diverged else summaries.test_at_best_val(r),
         'Tr(F_i)': math.nan if diverged else summaries.early_value(r, PRIMARY)})
   return pd.DataFrame(rows)
@@ -323,11 +323,14 @@ def write_report(root: str, out: str, command: Optional[str] = None) -> str:
   every.to_csv(os.path.join(out, 'runs.csv'), index=False)
   missing = every[every.converged.str.startswith('no')]
   diverged = every[every.converged == 'diverged']
+  incomplete = every[every.converged.str.startswith('incomplete')]
   lines += ['## Every run', '',
             f'Convergence criterion: final-epoch training accuracy >= '
             f'{claims.CONVERGED_ACCURACY:g}. Not converged ({len(missing)}): '
             + (', '.join(missing.run) or 'none') + '. Diverged (' + str(len(diverged)) + '): '
-            + (', '.join(diverged.run) or 'none') + '.', '', markdown_table(every), '',
+            + (', '.join(diverged.run) or 'none') + '. Incomplete (not used by any claim; '
+            f'{len(incomplete)}): ' + (', '.join(incomplete.run) or 'none') + '.', '',
+            markdown_table(every), '',
             '## Experiments', '']
   for name in EXPERIMENTS:
     if by_experiment.get(name):

@@ -117,11 +117,14 @@ def mlp_logits(params, inputs):
 
 
 def write_run(path, records, *, name='fisher_explosion', group='g', variant='small_lr', seed=0,
-              lr=0.001, batch_size=128, num_epochs=8, early_epochs=2.0, regularizer='none',
+              lr=0.001, batch_size=128, num_epochs=None, early_epochs=2.0, regularizer='none',
               strength=0.0, start_epoch=0, every_k=10, label_noise=0.0, setting=None,
               eval_every_epochs=1, init_from=None):
-  """Writes config.json and metrics.jsonl as fisher_jax does; returns the path."""
+  """Writes config.json and metrics.jsonl as fisher_jax does; returns the path. By default
+  `num_epochs` is the last epoch of `records` (a finished run)."""
   os.makedirs(path, exist_ok=True)
+  if num_epochs is None:
+    num_epochs = max([r.get('epoch', 0) for r in records] + [0])
   config = {'seed': seed, 'batch_size': batch_size, 'num_epochs': num_epochs,
             'eval_every_epochs': eval_every_epochs, 'init_from': {'workdir': init_from},
             'dataset': {'name': 'd', 'label_noise': label_noise},

@@ -46,7 +46,7 @@ def test_load_runs_finds_nested_runs_names_them_and_filters_by_experiment(tmp_pa
 
 def test_early_value_window_takes_the_maximum_inside_the_configured_window(tmp_path):
   run = analysis.load_run(write_run(tmp_path / 'r', epoch_records([1.0, 7.0, 5.0, 30.0, 2.0]),
-                                    early_epochs=2.0))
+                                    early_epochs=2.0, num_epochs=8))
   assert analysis.early_value(run, analysis.EarlyPhase(method='window')) == 7.0  # Epochs 0..2 from the config.
   assert analysis.early_value(run, analysis.EarlyPhase(method='window', end_epoch=3)) == 30.0
   assert analysis.early_value(run, analysis.EarlyPhase(method='window', start_epoch=2, end_epoch=2)) == 5.0

@@ -121,17 +121,22 @@ def test_one_seed_shows_no_standard_deviation(tmp_path):
   assert table.loc['GP 0.1', 'gap closed'] == pytest.approx((0.83 - 0.80) / (0.85 - 0.80))
 
 
-def test_a_diverged_run_is_no_seed(tmp_path):
+def test_a_diverged_or_unfinished_run_is_no_seed(tmp_path):
   _baselines(tmp_path, [40, 44, 48], [10, 11, 12])
   records = _records(1000, 0.1)
   records[-1]['train/loss'] = float('nan')
   write_run(tmp_path / 'fisher_explosion' / 'small_s3', records, group='cpu', variant='small_lr',
             seed=3, lr=SMALL)
+  # A run stopped (or still going) before its last epoch is no seed either.
+  write_run(tmp_path / 'fisher_explosion' / 'small_s4', _records(1000, 0.9), group='cpu',
+            variant='small_lr', seed=4, lr=SMALL, num_epochs=60)
   runs = analysis.load_runs(str(tmp_path))
   assert analysis.diverged(next(r for r in runs if r.name.endswith('small_s3')))
+  assert not analysis.finished(next(r for r in runs if r.name.endswith('small_s4')))
   assert claims.check_c1(runs, analysis.EarlyPhase()).effect.n == (3, 3)
   table = report.runs_table(runs).set_index('run')
   assert table.loc['fisher_explosion/small_s3', 'converged'] == 'diverged'
+  assert table.loc['fisher_explosion/small_s4', 'converged'] == 'incomplete'
 
 
 def test_c3_c4_c5_effects_and_directions(tmp_path):

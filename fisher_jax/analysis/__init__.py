@@ -19,5 +19,6 @@ from fisher_jax.analysis.runs import Run, label_of, load_run, load_runs, read_me
 from fisher_jax.analysis.stats import (Correlation, Effect, correlation, difference,
                                        format_mean_std, mean_std, paired_difference, ratio)
 from fisher_jax.analysis.summaries import (EarlyPhase, PRIMARY_THRESHOLD, best_value, diverged,
-                                           early_fisher, early_value, final_value, mean_value,
+                                           early_fisher, early_value, final_value, finished,
+                                           mean_value,
                                            test_at_best_val, value_at_best)

@@ -93,11 +93,12 @@ def training_identity(run: Run) -> Tuple:
 
 
 def unique_runs(runs: Sequence[Run]) -> List[Run]:
-  """`runs` with every training run once (the first by name) and without diverged runs."""
+  """`runs` with every training run once (the first by name), without diverged runs and runs
+  that have not reached their last epoch."""
   seen, out = set(), []
   for run in sorted(runs, key=lambda r: r.name):
     key = training_identity(run)
-    if key in seen or summaries.diverged(run):
+    if key in seen or summaries.diverged(run) or not summaries.finished(run):
       continue
     seen.add(key)
     out.append(run)

@@ -214,6 +214,16 @@ def diverged(run: Run) -> bool:
   return False
 
 
+def finished(run: Run) -> bool:
+  """Whether the run logged its last epoch (`num_epochs`); a run still going, or stopped before
+  its end, is not finished and is left out of every claim (a diverged run counts as finished
+  when it ran to its end)."""
+  epochs = run.get('num_epochs')
+  if epochs is None or 'epoch' not in run.metrics or not len(run.metrics):
+    return True  # nothing to compare with
+  return bool(run.metrics['epoch'].max() >= float(epochs) - 1e-6)
+
+
 def mean_value(run: Run, metric: str, start_epoch: float = 0.0,
                end_epoch: Optional[float] = None) -> float:
   """The mean of `metric` over the points with epoch in [start_epoch, end_epoch] (NaN if none).

@@ -43,25 +43,16 @@ from fisher_jax.analysis import summaries  # pylint: disable=wrong-import-positi
 METRICS_ATTR = 'metrics'
 CONFIG_ATTR = 'config'
 # The per-epoch columns kept in a trial (what the early-phase definitions read).
-TRIAL_METRICS = (summaries.FISHER, 'train/accuracy', 'val/accuracy')
+TRIAL_METRICS = (summaries.FISHER, summaries.TRAIN_ACCURACY, 'val/accuracy')
 
 
 def study_early_fisher(run: analysis.Run) -> float:
-  """The study's primary early-phase Tr(F_i) of a run in progress.
+  """The study's primary early-phase Tr(F_i) of a run in progress (`analysis.early_fisher`).
 
   The maximum of the logged Tr(F) from step 0 up to the first epoch whose training accuracy
   reaches 0.8; before that epoch, the maximum so far (a lower bound of the final value).
   """
-  # Adapter until fisher_jax.analysis.early_fisher (the study's definition) is on main.
-  frame = run.metrics
-  if summaries.FISHER not in frame or not frame[summaries.FISHER].notna().any():
-    return math.nan
-  values = frame[['step', summaries.FISHER]].dropna()
-  if 'train/accuracy' in frame:
-    reached = frame[frame['train/accuracy'] >= 0.8]
-    if len(reached):
-      values = values[values.step <= reached.step.iloc[0]]
-  return float(values[summaries.FISHER].max())
+  return analysis.early_fisher(run, allow_unfinished=True)
 
 
 def record_metrics(trial: optuna.trial.Trial, frame: pd.DataFrame,

@@ -23,20 +23,21 @@ from fisher_jax import pruners
 _CONFIG = {'num_epochs': 8, 'experiment': {'early_epochs': 3}}
 
 
-def _records(fisher, accuracy=None):
-  """metrics.jsonl-like rows: Tr(F) at epochs 0, 1, ..., val accuracy from epoch 1 on."""
-  accuracy = accuracy or [0.5] * len(fisher)
+def _records(fisher, train_accuracy=None):
+  """metrics.jsonl-like rows: Tr(F) at epochs 0, 1, ..., train and val accuracy from epoch 1
+  on (train accuracy 0.5 unless given: the early phase, up to accuracy 0.8, not over)."""
+  train_accuracy = train_accuracy or [0.5] * len(fisher)
   rows = []
-  for epoch, (f, a) in enumerate(zip(fisher, accuracy)):
+  for epoch, (f, a) in enumerate(zip(fisher, train_accuracy)):
     row = {'step': 10 * epoch, 'epoch': float(epoch), 'curvature/fisher_trace': f}
     if epoch:
-      row['val/accuracy'] = a
+      row.update({'train/accuracy': a, 'val/accuracy': 0.5})
     rows.append(row)
   return rows
 
 
-def _add_completed(study, value, fisher):
-  rows = _records(fisher)
+def _add_completed(study, value, fisher, train_accuracy=None):
+  rows = _records(fisher, train_accuracy)
   study.add_trial(optuna.trial.create_trial(
       state=optuna.trial.TrialState.COMPLETE, value=value,
       intermediate_values={int(r['epoch']): r['val/accuracy'] for r in rows if 'val/accuracy' in r},
@@ -95,6 +96,16 @@ def test_fisher_pruner_never_prunes_the_best_completed_trials_curve():
       # With factor 1 a curve just above the best trial's own is pruned: the rule is tight.
       if factor == 1.0 and top_fraction == 0.25:
         assert _replay(study, [f * 1.01 for f in _COMPLETED[0][1]]) == [1, 2, 3, 4]
+
+
+def test_fisher_pruner_compares_the_primary_early_fisher_tr_f_until_train_accuracy_0_8():
+  pruner = pruners.FisherExplosionPruner(factor=2.0, warmup_epochs=0, min_completed_trials=1)
+  study = optuna.create_study(direction='maximize', pruner=pruner)
+  # The best trial reached train accuracy 0.8 at epoch 2: its Tr(F_i) is 140, not the 900
+  # after it; by epoch 1 it was 120.
+  _add_completed(study, 0.9, [100, 120, 140, 900, 900], [None, 0.6, 0.85, 0.9, 0.9])
+  assert pruner.threshold(study, 1) == 240 and pruner.threshold(study, 4) == 280
+  assert _replay(study, [100, 200, 250, 300, 310]) == [3, 4]
 
 
 def test_fisher_pruner_waits_for_enough_completed_trials():

@@ -33,20 +33,49 @@ def sampled_labels(logits_fn, params, inputs, rng):
   return jax.random.categorical(rng, logits_fn(params, inputs))
 
 
+def fisher(logits_fn, params, inputs):
+  """[P, P]: F = (1/B) Σ_i J_iᵀ (diag p_i - p_i p_iᵀ) J_i from the dense Jacobian J [B, C, P]."""
+  flat, logits_of = _flat(logits_fn, params, inputs)
+  jac = jax.jacrev(logits_of)(flat)  # [B, C, P]
+  p = jax.nn.softmax(logits_of(flat))  # [B, C]
+  fisher_out = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]  # [B, C, C]
+  return jnp.einsum('bcp,bcd,bdq->pq', jac, fisher_out, jac) / p.shape[0]
+
+
+def fisher_vp(logits_fn, params, inputs, v):
+  """F v as a pytree like `params`, from the dense Fisher matrix."""
+  flat_v, unravel = ravel_pytree(v)
+  return unravel(fisher(logits_fn, params, inputs) @ flat_v)
+
+
+def _labels(logits_fn, params, inputs, estimator, rng, labels):
+  return sampled_labels(logits_fn, params, inputs, rng) if estimator == 'sampled' else labels
+
+
 def fisher_trace(logits_fn, params, inputs, *, estimator, rng=None, labels=None):
-  """Tr(F) by definition: 'exact' as (1/B) Σ_i Tr(J_iᵀ (diag p_i - p_i p_iᵀ) J_i) from the
-  dense Jacobian J [B, C, P]; 'sampled' / 'empirical' as the mean of dense per-example squared
-  norms at sampled / true labels."""
+  """Tr(F) by definition: 'exact' as the trace of the dense Fisher matrix; 'sampled' /
+  'empirical' as the mean of dense per-example squared norms at sampled / true labels."""
   if estimator == 'exact':
-    flat, logits_of = _flat(logits_fn, params, inputs)
-    jac = jax.jacrev(logits_of)(flat)  # [B, C, P]
-    p = jax.nn.softmax(logits_of(flat))  # [B, C]
-    fisher_out = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]  # [B, C, C]
-    fisher = jnp.einsum('bcp,bcd,bdq->pq', jac, fisher_out, jac) / p.shape[0]  # [P, P]
-    return jnp.trace(fisher)
-  if estimator == 'sampled':
-    labels = sampled_labels(logits_fn, params, inputs, rng)
+    return jnp.trace(fisher(logits_fn, params, inputs))
+  labels = _labels(logits_fn, params, inputs, estimator, rng, labels)
   return jnp.mean(per_example_grad_sq_norms(logits_fn, params, inputs, labels))
+
+
+def fisher_diagonal(logits_fn, params, inputs, *, estimator, rng=None, labels=None):
+  """diag F as a pytree like `params`: 'exact' the dense Fisher's diagonal; 'sampled' /
+  'empirical' the mean over examples of the squared dense per-example gradients."""
+  _, unravel = ravel_pytree(params)
+  if estimator == 'exact':
+    return unravel(jnp.diag(fisher(logits_fn, params, inputs)))
+  labels = _labels(logits_fn, params, inputs, estimator, rng, labels)
+  return unravel(jnp.mean(per_example_grads(logits_fn, params, inputs, labels) ** 2, axis=0))
+
+
+def block_traces(matrix, params):
+  """Pytree like `params` of scalars: the trace of `matrix` [P, P]'s diagonal block of each
+  leaf (ravel_pytree order)."""
+  _, unravel = ravel_pytree(params)
+  return jax.tree.map(jnp.sum, unravel(jnp.diag(matrix)))
 
 
 def batch_fisher_trace(logits_fn, params, inputs, *, rng):
@@ -80,3 +109,9 @@ def hessian_trace(loss_fn, params):
 def hessian_eigenvalues(loss_fn, params):
   """[P] eigenvalues of the dense Hessian, ascending."""
   return jnp.linalg.eigvalsh(hessian(loss_fn, params))
+
+
+def hessian_diagonal(loss_fn, params):
+  """diag H as a pytree like `params`."""
+  _, unravel = ravel_pytree(params)
+  return unravel(jnp.diag(hessian(loss_fn, params)))

@@ -1,9 +1,10 @@
-"""Hessian of a scalar loss: products, trace estimators and the top eigenvalue.
+"""Hessian of a scalar loss: products, trace and diagonal estimators, the top eigenvalue.
 
 `loss_fn(params) -> scalar` is any twice-differentiable function of the parameter pytree θ,
 typically the mean loss of a batch, `make_loss_fn(logits_fn, inputs, labels)`; H = ∇²θ loss
 [P, P] is never formed. Every method is built on the Hessian-vector product H v, computed
-forward-over-reverse (a jvp of the gradient). Several products at the same θ share one
+forward-over-reverse (a jvp of the gradient); the trace, diagonal and eigenvalue estimators are
+those of `fisher_jax.curvature.estimators` applied to `operators.make_hvp`. Several products at the same θ share one
 linearization: `jax.linearize(jax.grad(loss_fn), θ)` runs the forward and backward pass once,
 then each product costs only the tangent pass, and a batch of probes is one vmapped call.
 
@@ -20,11 +21,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from fisher_jax import losses
+from fisher_jax.curvature import estimators
+from fisher_jax.curvature import operators
 from fisher_jax.curvature.fisher import map_in_chunks
 
 LossFn = Callable[..., jax.Array]
 
-HESSIAN_TRACE_METHODS = ('hutchinson', 'hutch++')
+HESSIAN_TRACE_METHODS = estimators.TRACE_METHODS
 EIGENVALUE_METHODS = ('lanczos', 'power')
 
 
@@ -53,11 +56,6 @@ def hvp(loss_fn: LossFn, params, v):
   return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
-def _linearized_hvp(loss_fn, params):
-  """v -> H v sharing one forward/backward pass at `params` among all products."""
-  return jax.linearize(jax.grad(loss_fn), params)[1]
-
-
 def hessian_quadratic_forms(loss_fn: LossFn, params, probes, *,
                             chunk_size: Optional[int] = None) -> jax.Array:
   """vᵀ H v for a batch of probe vectors, sharing one linearization.
@@ -71,35 +69,23 @@ def hessian_quadratic_forms(loss_fn: LossFn, params, probes, *,
   Returns:
     [N]: v_nᵀ H v_n, each a sum over all P parameters.
   """
-  product = _linearized_hvp(loss_fn, params)
+  product = operators.make_hvp(loss_fn, params)
   return map_in_chunks(lambda v: optax.tree.vdot(v, product(v)), probes, chunk_size)
 
 
-def _rademacher_probes(rng, params, num):
-  """Pytree like `params` with leaves [num, ...] of independent ±1 entries."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(rng, len(leaves))
-  return jax.tree.unflatten(treedef, [
-      jax.random.rademacher(k, (num,) + leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
-
-
-def _check_count(name, value, minimum, method):
-  if not isinstance(value, int) or value < minimum:
-    raise ValueError(f'{name}={value!r} is too small for method={method!r}; pass an int >= '
-                     f'{minimum}.')
-
 
 def hessian_trace(loss_fn: LossFn, params, *, rng: jax.Array, num_probes: int,
-                  method: str = 'hutchinson', chunk_size: Optional[int] = None):
+                  method: str = 'hutchinson', per_leaf: bool = False,
+                  chunk_size: Optional[int] = None):
   """Stochastic estimate of Tr(H), H = ∇²θ loss_fn(θ) [P, P], with its standard error.
 
+  `estimators.trace_estimate` applied to `operators.make_hvp(loss_fn, params)`:
   'hutchinson': Tr(H) ≈ (1/N) Σ_n v_nᵀ H v_n with N = `num_probes` Rademacher vectors v_n
     (unbiased); the standard error is std_n(v_nᵀ H v_n) / √N (sample std, ddof=1).
   'hutch++' (Meyer et al., 2021), the same N products: N/3 products H S sketch the top of the
     spectrum, Q = orth(H S) [P, N/3]; Tr(H) ≈ Tr(Qᵀ H Q) + (1/M) Σ_m g_mᵀ (I-QQᵀ) H (I-QQᵀ) g_m
     with M = N - 2⌊N/3⌋ further Rademacher g_m. Lower variance when the spectrum decays; the
-    standard error is that of the Hutchinson part (conditional on Q). It works on flattened
-    parameters and keeps N/3 vectors of size P.
+    standard error is that of the Hutchinson part (conditional on Q).
 
   Args:
     loss_fn: `loss_fn(params) -> scalar`, e.g. `make_loss_fn(logits_fn, inputs, labels)`.
@@ -107,44 +93,50 @@ def hessian_trace(loss_fn: LossFn, params, *, rng: jax.Array, num_probes: int,
     rng: PRNG key for the probes.
     num_probes: N, the number of Hessian-vector products (>= 2; >= 3 for 'hutch++').
     method: 'hutchinson' or 'hutch++'.
+    per_leaf: return pytrees like `params` of scalars instead: leaf l estimates the trace of
+      H's diagonal block of that leaf, from the same products (the leaves sum to the total).
     chunk_size: probes per vmapped product ('hutchinson'; bounds memory); None: all at once.
 
   Returns:
-    (estimate, standard_error), two scalars.
+    (estimate, standard_error): two scalars, or two pytrees of scalars with `per_leaf`.
 
   Raises:
     ValueError: unknown method or too few probes.
   """
-  if method == 'hutchinson':
-    _check_count('num_probes', num_probes, 2, method)
-    forms = hessian_quadratic_forms(loss_fn, params, _rademacher_probes(rng, params, num_probes),
-                                    chunk_size=chunk_size)
-    return jnp.mean(forms), jnp.std(forms, ddof=1) / jnp.sqrt(num_probes)
-  if method == 'hutch++':
-    _check_count('num_probes', num_probes, 3, method)
-    flat, unravel = ravel_pytree(params)
-    product = _linearized_hvp(loss_fn, params)
-    matmat = jax.vmap(lambda v: ravel_pytree(product(unravel(v)))[0])  # [n, P] -> [n, P]
-    num_sketch = num_probes // 3
-    num_residual = num_probes - 2 * num_sketch
-    k_sketch, k_residual = jax.random.split(rng)
-    sketch = jax.random.rademacher(k_sketch, (num_sketch, flat.size), flat.dtype)
-    q, _ = jnp.linalg.qr(matmat(sketch).T)  # [P, num_sketch], orthonormal columns
-    top = jnp.sum(q.T * matmat(q.T))  # Tr(Qᵀ H Q)
-    g = jax.random.rademacher(k_residual, (num_residual, flat.size), flat.dtype)
-    g = g - (g @ q) @ q.T  # project out span(Q)
-    forms = jnp.sum(g * matmat(g), axis=1)
-    return top + jnp.mean(forms), jnp.std(forms, ddof=1) / jnp.sqrt(num_residual)
-  raise ValueError(f'method={method!r} is unknown; choose one of {list(HESSIAN_TRACE_METHODS)}.')
+  return estimators.trace_estimate(operators.make_hvp(loss_fn, params), params, rng=rng,
+                                   num_probes=num_probes, method=method, per_leaf=per_leaf,
+                                   chunk_size=chunk_size)
+
+
+def hessian_diagonal(loss_fn: LossFn, params, *, rng: jax.Array, num_probes: int,
+                     chunk_size: Optional[int] = None):
+  """Hutchinson estimate of diag H, (1/N) Σ_n v_n ⊙ H v_n, with its elementwise standard error.
+
+  `estimators.diagonal_estimate` applied to `operators.make_hvp(loss_fn, params)`: N Rademacher
+  probes, N Hessian-vector products sharing one linearization.
+
+  Args:
+    loss_fn: `loss_fn(params) -> scalar`.
+    params: the parameter pytree θ.
+    rng: PRNG key for the probes.
+    num_probes: N >= 2.
+    chunk_size: probes per vmapped product (bounds memory); None: all at once.
+
+  Returns:
+    (estimate, standard_error), pytrees like `params`.
+  """
+  return estimators.diagonal_estimate(operators.make_hvp(loss_fn, params), params, rng=rng,
+                                      num_probes=num_probes, chunk_size=chunk_size)
 
 
 def hessian_top_eigenvalue(loss_fn: LossFn, params, *, rng: jax.Array, num_iterations: int = 20,
                            method: str = 'lanczos') -> jax.Array:
   """Top eigenvalue of H = ∇²θ loss_fn(θ) from `num_iterations` Hessian-vector products.
 
-  'lanczos': the largest Ritz value of the Krylov space of the products, with full
-    reorthogonalization (stores `num_iterations` vectors of size P); exact once the
-    number of iterations reaches P, and converging much faster than power iteration.
+  'lanczos': `estimators.top_eigenpairs(make_hvp(loss_fn, params), k=1)`, the largest Ritz
+    value of the Krylov space of the products, with full reorthogonalization (stores
+    `num_iterations` vectors of size P); exact once the number of iterations reaches P (it is
+    capped there), and converging much faster than power iteration.
   'power': power iteration v ← Hv/‖Hv‖ from a random start; returns the Rayleigh quotient vᵀHv
     of the last iterate, which converges to the eigenvalue of largest magnitude (the top one
     unless H has a larger negative eigenvalue).
@@ -164,46 +156,21 @@ def hessian_top_eigenvalue(loss_fn: LossFn, params, *, rng: jax.Array, num_itera
   """
   if method not in EIGENVALUE_METHODS:
     raise ValueError(f'method={method!r} is unknown; choose one of {list(EIGENVALUE_METHODS)}.')
-  _check_count('num_iterations', num_iterations, 1, method)
+  product = operators.make_hvp(loss_fn, params)
+  if method == 'lanczos':
+    values, _ = estimators.top_eigenpairs(product, params, k=1, rng=rng,
+                                          num_iterations=num_iterations)
+    return values[0]
+  if not isinstance(num_iterations, int) or num_iterations < 1:
+    raise ValueError(f'num_iterations={num_iterations!r} is too small for method={method!r}; '
+                     'pass an int >= 1.')
   flat, unravel = ravel_pytree(params)
-  product = _linearized_hvp(loss_fn, params)
   matvec = lambda v: ravel_pytree(product(unravel(v)))[0]
   v0 = jax.random.normal(rng, flat.shape, flat.dtype)
   v0 = v0 / jnp.linalg.norm(v0)
 
-  if method == 'power':
-    def power_step(_, carry):
-      v, _ = carry
-      hv = matvec(v)
-      return hv / jnp.linalg.norm(hv), jnp.vdot(v, hv)
-    v, _ = jax.lax.fori_loop(0, num_iterations - 1, power_step, (v0, jnp.zeros((), flat.dtype)))
-    return jnp.vdot(v, matvec(v))
-
-  k = num_iterations
-  tiny = jnp.finfo(flat.dtype).eps
-
-  def lanczos_step(j, carry):
-    basis, alphas, betas, alive = carry
-    v = basis[j]
-    w = matvec(v)
-    alpha = jnp.vdot(v, w)
-    for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
-      w = w - basis.T @ (basis @ w)
-    beta = jnp.linalg.norm(w)
-    # Breakdown (the Krylov space is invariant): later rows stay zero and are masked below.
-    next_alive = alive & (beta > tiny * jnp.maximum(jnp.abs(alpha), 1.0))
-    basis = basis.at[j + 1].set(jnp.where(next_alive, w / jnp.where(next_alive, beta, 1.0), 0.0))
-    return (basis, alphas.at[j].set(jnp.where(alive, alpha, 0.0)),
-            betas.at[j].set(jnp.where(next_alive, beta, 0.0)), next_alive)
-
-  basis = jnp.zeros((k + 1, flat.size), flat.dtype).at[0].set(v0)
-  init = (basis, jnp.zeros((k,), flat.dtype), jnp.zeros((k,), flat.dtype), jnp.array(True))
-  _, alphas, betas, _ = jax.lax.fori_loop(0, k, lanczos_step, init)
-  # After a breakdown at step m the tridiagonal matrix splits into the leading m x m block and
-  # a decoupled tail; filling the tail's diagonal with alpha_0 (a Rayleigh quotient inside the
-  # leading block's spectrum) keeps the largest eigenvalue that of the leading block.
-  valid = jnp.arange(k) == 0
-  valid = valid | (jnp.cumprod(jnp.concatenate([jnp.ones((1,), bool), betas[:-1] > 0])) > 0)
-  diag = jnp.where(valid, alphas, alphas[0])
-  tridiagonal = jnp.diag(diag) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-  return jnp.linalg.eigvalsh(tridiagonal)[-1]
+  def power_step(_, v):
+    hv = matvec(v)
+    return hv / jnp.linalg.norm(hv)
+  v = jax.lax.fori_loop(0, num_iterations - 1, power_step, v0)
+  return jnp.vdot(v, matvec(v))

@@ -4,7 +4,11 @@ SimpleCNN on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted a
 the timed calls are interleaved over rounds (so background load hits all of them alike) and
 each cost is the median over rounds divided by the median of the mean-loss gradient.
 
-  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8]
+  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--new_only]
+
+The second-part rows (per-leaf Tr(F), the Fisher diagonal, fisher_vp, Lanczos, SLQ) are also
+shown per HVP where the goal is in HVPs; `--new_only` times only them and the baseline (and the
+HVP row they are compared to).
 """
 
 import argparse
@@ -52,6 +56,32 @@ def _reverse_over_reverse_hvp(loss_fn, params, v):
   return jax.grad(lambda p: optax.tree.vdot(jax.grad(loss_fn)(p), v))(params)
 
 
+def _second_part_cases(logits_fn, loss_of, args):
+  """The rows of the curvature API's second part (see docs/curvature.md), and for the rows
+  whose goal is stated in HVPs, their number of HVPs."""
+  k, m, n = args.lanczos_k, args.iterations, args.slq_probes
+  lanczos = f'top_eigenpairs k={k}, {m} iterations (Hessian)'
+  slq = f'spectral_density {n} probes x {m} iterations (Hessian)'
+  cases = {
+      "fisher_trace 'sampled' per_leaf": (
+          lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
+                                                       rng=r, per_leaf=True), 1),
+      "fisher_diagonal 'sampled'": (
+          lambda p, x, y, r, v: curvature.fisher_diagonal(logits_fn, p, x, estimator='sampled',
+                                                          rng=r), 1),
+      'fisher_vp': (
+          lambda p, x, y, r, v: curvature.fisher_vp(logits_fn, p, x, v), 1),
+      lanczos: (
+          lambda p, x, y, r, v: curvature.top_eigenpairs(
+              curvature.make_hvp(loss_of(x, y), p), p, k=k, rng=r, num_iterations=m), 1),
+      slq: (
+          lambda p, x, y, r, v: curvature.spectral_density(
+              curvature.make_hvp(loss_of(x, y), p), p, rng=r, num_probes=n,
+              num_iterations=m), 1),
+  }
+  return cases, {lanczos: m, slq: n * m}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch', type=int, default=128)
@@ -60,6 +90,11 @@ def main():
   parser.add_argument('--chunk', type=int, default=32)
   parser.add_argument('--copies_alternative', action='store_true',
                       help='also time per-example gradients via per-example parameter copies')
+  parser.add_argument('--new_only', action='store_true',
+                      help='time only the baseline, the HVP and the second-part rows')
+  parser.add_argument('--lanczos_k', type=int, default=10)
+  parser.add_argument('--iterations', type=int, default=30)
+  parser.add_argument('--slq_probes', type=int, default=4)
   args = parser.parse_args()
 
   model = get_model('simple_cnn', num_classes=10)
@@ -104,6 +139,11 @@ def main():
           lambda p, x, y, r, v: _vmapped_jvp_of_grad_forms(
               loss_of(x, y), p, jax.tree.map(lambda a: jnp.stack([a] * probes), v)), probes),
   }
+  if args.new_only:
+    cases = {name: cases[name] for name in ('mean-loss gradient (baseline)',
+                                            'hvp (forward-over-reverse)')}
+  new_cases, per_hvp = _second_part_cases(logits_fn, loss_of, args)
+  cases.update(new_cases)
   if args.copies_alternative:  # slow to compile (convolutions with B feature groups)
     cases['  alternative: grad w.r.t. per-example parameter copies'] = (
         lambda p, x, y, r, v: _broadcast_params_sq_norms(logits_fn, p, x, y), 1)
@@ -113,7 +153,8 @@ def main():
   one_norm = jax.jit(lambda p, x, y: optax.tree.norm(jax.grad(loss_of(x, y))(p), squared=True))
   def python_loop(p, x, y, r, v):
     return [one_norm(p, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
-  jitted['  comparison: Python loop over examples'] = (python_loop, 1)
+  if not args.new_only:
+    jitted['  comparison: Python loop over examples'] = (python_loop, 1)
 
   call_args = (params, inputs, labels, rng, v)
   for name, (fn, _) in jitted.items():  # compile and warm up
@@ -131,8 +172,13 @@ def main():
   base = np.median(times['mean-loss gradient (baseline)'])
   print(f'SimpleCNN, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
         f'{args.rounds} rounds; cost / one mean-loss gradient (median):')
+  hvp_cost = np.median(times['hvp (forward-over-reverse)']) / base
   for name, (_, div) in jitted.items():
-    print(f'  {name:58s} {np.median(times[name]) / div / base:6.2f}')
+    ratio = np.median(times[name]) / div / base
+    in_hvps = ''
+    if name in per_hvp:
+      in_hvps = f'   = {ratio / (per_hvp[name] * hvp_cost):5.2f} x {per_hvp[name]} HVPs'
+    print(f'  {name:58s} {ratio:6.2f}{in_hvps}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""Fisher information from per-example gradients: Tr(F), Tr(F_B), the gradient norm.
+"""Fisher information from per-example gradients: Tr(F) (also per leaf), diag F, Tr(F_B),
+the gradient norm.
 
 Notation. `logits_fn(params, inputs [B, ...]) -> z [B, C]` is per-example independent (see
 `make_logits_fn` for BatchNorm models); p_i = softmax(z_i); CE(x_i, y) = -log p_i(y) =
@@ -52,28 +53,46 @@ def _sq_norm(tree):
   return optax.tree.norm(tree, squared=True)
 
 
+# What the per-example pass keeps of the squared gradient entries g ⊙ g (a pytree like params):
+# their sum over all P parameters, their sums per leaf, or all of them (the diagonal). The
+# three come from the same backward passes: per-leaf Tr(F) and diag F cost what Tr(F) costs.
+_REDUCTIONS = {
+    'total': lambda squares: sum(jnp.sum(x) for x in jax.tree.leaves(squares)),
+    'per_leaf': lambda squares: jax.tree.map(jnp.sum, squares),
+    'elementwise': lambda squares: squares,
+}
+
+
+def _squares(grads, class_axis=False):
+  """g ⊙ g leaf by leaf; with `class_axis`, summed over the leading axis of C cotangents."""
+  if class_axis:
+    return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads)
+  return jax.tree.map(lambda g: g * g, grads)
+
+
 def _example_ce_grad(logits_fn, params, x, label):
   """∇θ CE(x, y) of one example (x without the batch axis; label [] or `label(z [1, C])`)."""
   return _core.mean_ce_grad(logits_fn, params, x[None],
                             label if callable(label) else label[None])[0]
 
 
-def _per_example_sampled_sq_norms(logits_fn, params, inputs, rng, chunk_size, axes):
-  """[b]: ‖∇θ CE(x_i, ŷ_i)‖² at the sampled labels, the arg-max taken in the per-example pass."""
+def _per_example_sampled(logits_fn, params, inputs, rng, chunk_size, axes, reduce):
+  """[b]-leading `reduce(g ⊙ g)` of ∇θ CE(x_i, ŷ_i) at the sampled labels, the arg-max taken
+  in the per-example pass."""
   shape = jax.eval_shape(logits_fn, params, inputs)
   gumbel = _core.gumbel_rows(rng, shape.shape, shape.dtype, axes)
 
   def one(p, example):
     x, noise = example
-    return _sq_norm(_example_ce_grad(logits_fn, p, x,
-                                     lambda z: _core.labels_from_noise(z, noise[None])))
+    return reduce(_squares(_example_ce_grad(
+        logits_fn, p, x, lambda z: _core.labels_from_noise(z, noise[None]))))
   return _devices.map_examples(one, params, (inputs, gumbel), chunk_size, axes)
 
 
-def _per_example_label_sq_norms(logits_fn, params, inputs, labels, chunk_size, axes):
+def _per_example_label(logits_fn, params, inputs, labels, chunk_size, axes, reduce):
   def one(p, example):
     x, y = example
-    return _sq_norm(_example_ce_grad(logits_fn, p, x, y))
+    return reduce(_squares(_example_ce_grad(logits_fn, p, x, y)))
   return _devices.map_examples(one, params, (inputs, labels), chunk_size, axes)
 
 
@@ -95,27 +114,50 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
     average). The full [B, P] Jacobian is never formed beyond one chunk.
   """
-  return _per_example_label_sq_norms(logits_fn, params, inputs, labels, chunk_size,
-                                     _core.batch_axes(axis_name))
+  return _per_example_label(logits_fn, params, inputs, labels, chunk_size,
+                            _core.batch_axes(axis_name), _REDUCTIONS['total'])
 
 
-def _per_example_exact_sq_norms(logits_fn, params, inputs, chunk_size, axes):
-  """[b]: Σ_c p_i(c) ‖∇θ CE(x_i, c)‖², the expectation over the classes, per example."""
+def _per_example_exact(logits_fn, params, inputs, chunk_size, axes, reduce):
+  """[b]-leading `reduce` of Σ_c p_i(c) ∇θ CE(x_i, c) ⊙ ∇θ CE(x_i, c), per example."""
   def one(p, x):
     z, vjp = jax.vjp(lambda q: logits_fn(q, x[None])[0], p)
     p = jax.nn.softmax(z)
-    # Rows u_c = sqrt(p_c) (p - e_c): Σ_c u_c u_cᵀ = diag(p) - p pᵀ, so Σ_c ‖J^T u_c‖² is
-    # Σ_c p_c ‖∇θ CE(x, c)‖².
+    # Rows u_c = sqrt(p_c) (p - e_c): Σ_c u_c u_cᵀ = diag(p) - p pᵀ, so Σ_c (J^T u_c)² is
+    # Σ_c p_c ∇θ CE(x, c)², entry by entry.
     cotangents = jnp.sqrt(p)[:, None] * (p[None, :] - jnp.eye(z.shape[-1], dtype=z.dtype))
     (grads,) = jax.vmap(vjp)(cotangents)
-    return _sq_norm(grads)
+    return reduce(_squares(grads, class_axis=True))
   return _devices.map_examples(one, params, inputs, chunk_size, axes)
+
+
+def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chunk_size,
+                 axis_name, reduction):
+  """The mean over the (global) batch of `reduction` of the per-example squared gradients at
+  the estimator's labels: the one per-example pass behind fisher_trace and fisher_diagonal."""
+  axes = _core.batch_axes(axis_name)
+  reduce = _REDUCTIONS[reduction]
+  if estimator == 'empirical':
+    if labels is None:
+      raise ValueError(f"{caller}(estimator='empirical') needs labels=[B] true labels.")
+    values = _per_example_label(logits_fn, params, inputs, labels, chunk_size, axes, reduce)
+  elif estimator == 'sampled':
+    if rng is None:
+      raise ValueError(f"{caller}(estimator='sampled') needs rng=a PRNG key to sample "
+                       'labels from the model.')
+    values = _per_example_sampled(logits_fn, params, inputs, rng, chunk_size, axes, reduce)
+  elif estimator == 'exact':
+    values = _per_example_exact(logits_fn, params, inputs, chunk_size, axes, reduce)
+  else:
+    raise ValueError(f'estimator={estimator!r} is unknown; choose one of '
+                     f'{list(FISHER_ESTIMATORS)}.')
+  return _core.global_mean(jax.tree.map(lambda x: jnp.mean(x, axis=0), values), axes)
 
 
 def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
                  rng: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
-                 chunk_size: Optional[int] = None,
-                 axis_name: _core.AxisName = None) -> jax.Array:
+                 chunk_size: Optional[int] = None, axis_name: _core.AxisName = None,
+                 per_leaf: bool = False):
   """Trace of the Fisher information, averaged over the B inputs.
 
   Estimators (each a mean over the B inputs of a sum over all P parameters):
@@ -136,46 +178,73 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     chunk_size: examples per vmap call on each device (bounds memory); None: all at once.
     axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
       manual axis); see the module docstring.
+    per_leaf: return a pytree like `params` of scalars instead: leaf l is the same mean with
+      the squared norm taken over that leaf's parameters only (the trace of F's diagonal block
+      of the leaf); the leaves sum to the total. Same per-example pass, no extra cost.
 
   Returns:
-    Scalar Tr(F) estimate.
+    Scalar Tr(F) estimate (a pytree of scalars with `per_leaf`).
 
   Raises:
     ValueError: unknown estimator, or the argument the estimator needs is missing.
   """
-  axes = _core.batch_axes(axis_name)
-  if estimator == 'empirical':
-    if labels is None:
-      raise ValueError("fisher_trace(estimator='empirical') needs labels=[B] true labels.")
-    sq_norms = _per_example_label_sq_norms(logits_fn, params, inputs, labels, chunk_size, axes)
-  elif estimator == 'sampled':
-    if rng is None:
-      raise ValueError("fisher_trace(estimator='sampled') needs rng=a PRNG key to sample "
-                       'labels from the model.')
-    sq_norms = _per_example_sampled_sq_norms(logits_fn, params, inputs, rng, chunk_size, axes)
-  elif estimator == 'exact':
-    sq_norms = _per_example_exact_sq_norms(logits_fn, params, inputs, chunk_size, axes)
-  else:
-    raise ValueError(f'estimator={estimator!r} is unknown; choose one of '
-                     f'{list(FISHER_ESTIMATORS)}.')
-  return _core.global_mean(jnp.mean(sq_norms), axes)
+  return _fisher_mean('fisher_trace', logits_fn, params, inputs, estimator, rng, labels,
+                      chunk_size, axis_name, 'per_leaf' if per_leaf else 'total')
+
+
+def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
+                    rng: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
+                    chunk_size: Optional[int] = None, axis_name: _core.AxisName = None):
+  """Diagonal of the Fisher information, diag F, averaged over the B inputs.
+
+  Entry p of each estimator (a mean over the B inputs; the estimators of `fisher_trace`, whose
+  value is the sum of these entries):
+    'sampled': (1/B) Σ_i (∂_p CE(x_i, ŷ_i))², ŷ_i ~ p_θ(·|x_i) drawn with `rng` (unbiased);
+    'exact': (1/B) Σ_i Σ_c p_θ(c|x_i) (∂_p CE(x_i, c))² = diag of (1/B) Σ_i J_iᵀ (diag p_i -
+      p_i p_iᵀ) J_i (no sampling noise; about C times the cost);
+    'empirical': (1/B) Σ_i (∂_p CE(x_i, y_i))² at the true `labels`.
+
+  Costs what `fisher_trace` costs (the same per-example pass), plus the squared gradients'
+  [B, P] (one chunk's, per step of the chunked loop) before the mean.
+
+  Args:
+    logits_fn: `logits_fn(params, inputs [B, ...]) -> [B, C]`, per-example independent.
+    params: the parameter pytree θ.
+    inputs: [B, ...] examples.
+    estimator: one of 'sampled', 'exact', 'empirical'.
+    rng: PRNG key, required by 'sampled'.
+    labels: [B] integer labels, required by 'empirical'.
+    chunk_size: examples per vmap call on each device; None: all at once.
+    axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
+      manual axis).
+
+  Returns:
+    A pytree like `params`: diag F.
+
+  Raises:
+    ValueError: unknown estimator, or the argument the estimator needs is missing.
+  """
+  return _fisher_mean('fisher_diagonal', logits_fn, params, inputs, estimator, rng, labels,
+                      chunk_size, axis_name, 'elementwise')
 
 
 def batch_grad_sq_norm(logits_fn: LogitsFn, params, inputs, labels: _core.LabelsArg, *,
-                       axis_name: _core.AxisName = None) -> jax.Array:
+                       axis_name: _core.AxisName = None, per_leaf: bool = False):
   """‖(1/B) Σ_i ∇θ CE(x_i, y_i)‖², the squared norm of the global mean gradient at `labels`.
 
   `labels` [B] (this device's rows inside shard_map), or `labels(logits [B, C]) -> [B]` for
   labels drawn from the same forward pass. `batch_fisher_trace` is this at sampled labels; the
-  penalties 'gp' and 'gpr' are this at true and at random labels.
+  penalties 'gp' and 'gpr' are this at true and at random labels. `per_leaf`: the squared
+  norm of each leaf of the mean gradient, a pytree like `params` summing to the total.
   """
   axes = _core.batch_axes(axis_name)
   grads, _, _ = _core.mean_ce_grad(logits_fn, _core.as_varying(params, axes), inputs, labels)
-  return _sq_norm(_core.global_mean(grads, axes))
+  grads = _core.global_mean(grads, axes)
+  return jax.tree.map(_sq_norm, grads) if per_leaf else _sq_norm(grads)
 
 
 def batch_fisher_trace(logits_fn: LogitsFn, params, inputs, *, rng: jax.Array,
-                       axis_name: _core.AxisName = None) -> jax.Array:
+                       axis_name: _core.AxisName = None, per_leaf: bool = False):
   """Trace of the mini-batch Fisher, Tr(F_B) = ‖(1/B) Σ_i ∇θ CE(x_i, ŷ_i)‖².
 
   The squared norm (a sum over all P parameters) of the mean over the B inputs of the gradients
@@ -189,13 +258,16 @@ def batch_fisher_trace(logits_fn: LogitsFn, params, inputs, *, rng: jax.Array,
     rng: PRNG key for the sampled labels.
     axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
       manual axis); see the module docstring.
+    per_leaf: return a pytree like `params` of scalars, leaf l the squared norm of the mean
+      gradient's leaf (they sum to the total); same cost.
 
   Returns:
-    Scalar Tr(F_B).
+    Scalar Tr(F_B) (a pytree of scalars with `per_leaf`).
   """
   axes = _core.batch_axes(axis_name)
   return batch_grad_sq_norm(logits_fn, params, inputs,
-                            lambda z: _core.sampled_labels(rng, z, axes), axis_name=axes)
+                            lambda z: _core.sampled_labels(rng, z, axes), axis_name=axes,
+                            per_leaf=per_leaf)
 
 
 def gradient_norm(logits_fn: LogitsFn, params, inputs, labels, *,

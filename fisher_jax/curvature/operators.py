@@ -29,7 +29,7 @@ from typing import Callable
 
 import jax
 
-from fisher_jax.curvature import fisher as _fisher
+from fisher_jax.curvature import _core
 
 Matvec = Callable[..., object]
 
@@ -54,7 +54,8 @@ def _output_fisher(logits, u):
   return p * u - p * (p * u).sum(-1, keepdims=True)
 
 
-def make_fisher_vp(logits_fn: Callable, params, inputs) -> Matvec:
+def make_fisher_vp(logits_fn: Callable, params, inputs, *,
+                   axis_name: _core.AxisName = None) -> Matvec:
   """`v -> F v` for the Fisher (= Gauss-Newton matrix of CE) of the B inputs at `params`.
 
   F = (1/B) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i, a mean over inputs (see the module docstring).
@@ -63,29 +64,28 @@ def make_fisher_vp(logits_fn: Callable, params, inputs) -> Matvec:
     logits_fn: `logits_fn(params, inputs [B, ...]) -> [B, C]`.
     params: the parameter pytree θ.
     inputs: [B, ...] examples (inside shard_map: this device's slice of the global batch).
+    axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
+      manual axis).
 
   Returns:
     A linear function of a params-shaped pytree v returning F v (params-shaped); each call
     costs one Jacobian-vector and one vector-Jacobian product of the logits (the forward pass
     is shared by all calls).
   """
-  axes = _fisher._manual_axes()  # pylint: disable=protected-access
-  if axes:
-    params = _fisher._make_varying(params, axes)  # pylint: disable=protected-access
+  axes = _core.batch_axes(axis_name)
+  params = _core.as_varying(params, axes)
   logits, jvp = jax.linearize(lambda p: logits_fn(p, inputs), params)
   vjp = jax.linear_transpose(jvp, params)
   batch = logits.shape[0]
 
   def fisher_vp_(v):
-    if axes:
-      v = _fisher._make_varying(v, axes)  # pylint: disable=protected-access
-    (fv,) = vjp(_output_fisher(logits, jvp(v)) / batch)
-    return jax.lax.pmean(fv, axes) if axes else fv
+    (fv,) = vjp(_output_fisher(logits, jvp(_core.as_varying(v, axes))) / batch)
+    return _core.global_mean(fv, axes)
 
   return fisher_vp_
 
 
-def fisher_vp(logits_fn: Callable, params, inputs, v):
+def fisher_vp(logits_fn: Callable, params, inputs, v, *, axis_name: _core.AxisName = None):
   """F v, the Fisher of the model's predictive distribution (mean over the B inputs) times v.
 
   F = (1/B) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i, the exact Fisher (no sampled labels), equal to
@@ -98,8 +98,10 @@ def fisher_vp(logits_fn: Callable, params, inputs, v):
     params: the parameter pytree θ.
     inputs: [B, ...] examples.
     v: pytree shaped like `params`.
+    axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
+      manual axis).
 
   Returns:
     F v, a pytree shaped like `params`.
   """
-  return make_fisher_vp(logits_fn, params, inputs)(v)
+  return make_fisher_vp(logits_fn, params, inputs, axis_name=axis_name)(v)

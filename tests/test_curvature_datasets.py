@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cases
 from fisher_jax import curvature
-from test_curvature_fisher import _problem
 
 
 def _split(inputs, labels, sizes):
@@ -18,10 +18,10 @@ def test_mean_over_uneven_batches_equals_the_concatenated_batch(x64):
   """Batches of 5, 3 and 7: the example-weighted mean of Tr(F) 'exact' (and of the mean
   loss) is the one-batch value on all 15; the standard error is the weighted formula; the
   progress callback sees every batch."""
-  logits_fn, params, inputs, labels = _problem('mlp', batch=15)
+  logits_fn, params, inputs, labels = cases.fisher_problem('mlp', batch=15)
   batches = _split(inputs, labels, (5, 3, 7))
 
-  @jax.jit
+  @cases.cheap_jit
   def measure(batch):
     return {'fisher': curvature.fisher_trace(logits_fn, params, batch['image'],
                                              estimator='exact'),
@@ -49,10 +49,10 @@ def test_stochastic_measures_report_the_probe_part_separately(x64):
   """Per-leaf Tr(H) by Hutchinson over 4 batches with independent probes per batch (rng):
   the probe part is sqrt(Σ w_b² s_b²) of the batches' own standard errors, the data part the
   rest of the between-batch variance."""
-  logits_fn, params, inputs, labels = _problem('mlp', batch=16)
+  logits_fn, params, inputs, labels = cases.fisher_problem('mlp', batch=16)
   batches = _split(inputs, labels, (4, 4, 4, 4))
 
-  @jax.jit
+  @cases.cheap_jit
   def measure(batch, rng):
     loss_fn = curvature.make_loss_fn(logits_fn, batch['image'], batch['label'])
     return curvature.hessian_trace(loss_fn, params, rng=rng, num_probes=8, per_leaf=True)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import cases
 from fisher_jax import curvature
 from fisher_jax.curvature import dense
-from test_curvature_fisher import _problem
 
 K = 5
 
@@ -24,9 +24,10 @@ def _flat(tree):
 def _dense_matrices(kind):
   """(logits_fn, params, inputs, labels, H [P, P], F [P, P]) in float64, jitted once."""
   with jax.enable_x64(True):
-    logits_fn, params, inputs, labels = _problem(kind)
-    hessian = jax.jit(lambda p, x, y: dense.hessian(curvature.make_loss_fn(logits_fn, x, y), p))
-    fisher = jax.jit(lambda p, x: dense.fisher(logits_fn, p, x))
+    logits_fn, params, inputs, labels = cases.fisher_problem(kind)
+    hessian = cases.cheap_jit(
+        lambda p, x, y: dense.hessian(curvature.make_loss_fn(logits_fn, x, y), p))
+    fisher = cases.cheap_jit(lambda p, x: dense.fisher(logits_fn, p, x))
     return (logits_fn, params, inputs, labels, np.asarray(hessian(params, inputs, labels)),
             np.asarray(fisher(params, inputs)))
 
@@ -40,7 +41,7 @@ def test_fisher_vp_and_top_eigenpairs_match_dense(x64, kind):
   _, unravel = ravel_pytree(params)
   v = unravel(jax.random.normal(jax.random.PRNGKey(7), (size,), jnp.float64))
 
-  @jax.jit
+  @cases.cheap_jit
   def run(params, inputs, labels, v, rng):
     loss_fn = curvature.make_loss_fn(logits_fn, inputs, labels)
     fisher = curvature.make_fisher_vp(logits_fn, params, inputs)
@@ -79,7 +80,7 @@ def test_spectral_density_moments_match_traces_of_powers(x64, kind, operator):
   matrix = h if operator == 'hessian' else f
   size = matrix.shape[0]
 
-  @jax.jit
+  @cases.cheap_jit
   def run(params, inputs, labels, rng):
     loss_fn = curvature.make_loss_fn(logits_fn, inputs, labels)
     matvec = (curvature.make_hvp(loss_fn, params) if operator == 'hessian'
@@ -110,7 +111,7 @@ def test_spectral_density_moments_match_traces_of_powers(x64, kind, operator):
 
   # A rank-deficient operator: the Krylov space closes (MLP Fisher, rank <= B (C - 1) = 21).
   low_rank_fn, low_params, low_inputs, _, _, low_f = _dense_matrices('mlp')
-  nodes, weights = jax.jit(lambda p, x, r: curvature.spectral_density(
+  nodes, weights = cases.cheap_jit(lambda p, x, r: curvature.spectral_density(
       curvature.make_fisher_vp(low_rank_fn, p, x), p, rng=r, num_probes=3,
       num_iterations=40))(low_params, low_inputs, jax.random.PRNGKey(1))
   assert np.all(np.isfinite(nodes)) and np.all(np.asarray(weights) >= -1e-12)
@@ -124,7 +125,7 @@ def test_per_leaf_hessian_trace_sums_to_the_total_and_converges_to_dense_blocks(
   logits_fn, params, inputs, labels, h, _ = _dense_matrices('mlp')
   blocks = dense.block_traces(h, params)
 
-  @jax.jit
+  @cases.cheap_jit
   def run(params, inputs, labels, rng):
     loss_fn = curvature.make_loss_fn(logits_fn, inputs, labels)
     total = curvature.hessian_trace(loss_fn, params, rng=rng, num_probes=2000)
@@ -167,7 +168,7 @@ def test_hutchinson_diagonal_is_within_four_standard_errors(x64, operator):
   logits_fn, params, inputs, labels, h, f = _dense_matrices('mlp')
   matrix = h if operator == 'hessian' else f
 
-  @jax.jit
+  @cases.cheap_jit
   def run(params, inputs, labels, rng):
     if operator == 'hessian':
       return curvature.hessian_diagonal(curvature.make_loss_fn(logits_fn, inputs, labels),
@@ -242,7 +243,7 @@ def test_operators_and_estimators_on_8_devices_give_one_device_numbers(kind):
   (float32). The CNN checks the two operators and the vmapped products (XLA:CPU compiles
   vmapped convolution products slowly, so the CNN runs the cheapest estimator only), the MLP
   every estimator, also with Explicit mesh axes; inside shard_map, fisher_vp is global."""
-  logits_fn, params, inputs, labels = _problem(kind, batch=16)
+  logits_fn, params, inputs, labels = cases.fisher_problem(kind, batch=16)
   rng = jax.random.PRNGKey(9)
   v = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
   if kind == 'mlp':
@@ -255,17 +256,18 @@ def test_operators_and_estimators_on_8_devices_give_one_device_numbers(kind):
                   diag=curvature.diagonal_estimate(
                       curvature.make_fisher_vp(logits_fn, params, inputs), params, rng=rng,
                       num_probes=2))
-  single = jax.jit(fn)(params, inputs, labels, rng, v)
+  single = cases.cheap_jit(fn)(params, inputs, labels, rng, v)
   axis_types = [jax.sharding.AxisType.Auto]
   if kind == 'mlp':
     axis_types.append(jax.sharding.AxisType.Explicit)
   for axis_type in axis_types:
     mesh = jax.make_mesh((8,), ('data',), axis_types=(axis_type,))
     args = _sharded_args(mesh, params, inputs, labels, rng, v)
-    sharded = jax.jit(fn)(*args)
+    sharded = cases.cheap_jit(fn)(*args)
     for name in single:
       _assert_trees_close(sharded[name], single[name], f'{axis_type} {name}')
   rep, batch = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec('data')
   fisher_vp = jax.shard_map(lambda p, x, v: curvature.fisher_vp(logits_fn, p, x, v), mesh=mesh,
                             in_specs=(rep, batch, rep), out_specs=rep)
-  _assert_trees_close(jax.jit(fisher_vp)(*args[:2], args[4]), single['fisher_vp'], 'shard_map')
+  _assert_trees_close(cases.cheap_jit(fisher_vp)(*args[:2], args[4]), single['fisher_vp'],
+                      'shard_map')

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cases
 from fisher_jax import curvature
 from fisher_jax.curvature import dense
 
@@ -54,7 +55,7 @@ def test_fisher_trace_of_a_batchnorm_model_under_jit_matches_dense(x64):
   """The documented pattern: build logits_fn inside jit from the traced batch_stats."""
   model, params, batch_stats, inputs = _trained_model()
 
-  @jax.jit
+  @cases.cheap_jit
   def measure(params, batch_stats, inputs):
     logits_fn = curvature.make_logits_fn(model, batch_stats)
     return curvature.fisher_trace(logits_fn, params, inputs, estimator='exact', chunk_size=4)
@@ -161,10 +162,11 @@ def test_a_users_mlp_without_train_works_with_every_function(x64):
                         model.init(jax.random.PRNGKey(1), inputs)['params'])
   v = jax.tree.map(jnp.ones_like, params)
   rng = jax.random.PRNGKey(3)
-  got = jax.jit(lambda *a: _every_function(curvature.make_logits_fn(model), *a))(
+  got = cases.cheap_jit(lambda *a: _every_function(curvature.make_logits_fn(model), *a))(
       params, inputs, labels, rng, v)
   apply = lambda p, x: model.apply({'params': p}, x)
-  checks = jax.jit(lambda *a: _dense_references(apply, *a))(params, inputs, labels, rng, v)
+  checks = cases.cheap_jit(lambda *a: _dense_references(apply, *a))(params, inputs, labels, rng,
+                                                                   v)
   got['eigenpairs'] = got['eigenpairs'][0]
   for name, want in checks.items():
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(got[name])[0],

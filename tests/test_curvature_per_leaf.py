@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import cases
 from fisher_jax import curvature
 from fisher_jax.curvature import dense
-from test_curvature_fisher import _problem
 
 
 def _leaf_sums(flat, params):
@@ -56,11 +56,11 @@ def test_per_leaf_traces_and_diagonals_match_dense(x64, kind):
   """Per-leaf Tr(F) of every estimator equals the dense blocks' traces and diag F the dense
   diagonal (rtol 1e-10); the leaves sum to the totals (rtol 1e-12), Tr(F_B)'s too; chunks of 3
   change nothing."""
-  logits_fn, params, inputs, labels = _problem(kind)
+  logits_fn, params, inputs, labels = cases.fisher_problem(kind)
   rng = jax.random.PRNGKey(3)
-  fn = jax.jit(functools.partial(_ours, logits_fn), static_argnames='chunk_size')
+  fn = cases.cheap_jit(functools.partial(_ours, logits_fn), static_argnames='chunk_size')
   got = fn(params, inputs, labels, rng)
-  want = jax.jit(functools.partial(_dense, logits_fn))(params, inputs, labels, rng)
+  want = cases.cheap_jit(functools.partial(_dense, logits_fn))(params, inputs, labels, rng)
   for name in want:
     for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name]), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14, err_msg=name)
@@ -81,7 +81,7 @@ def test_per_leaf_traces_and_diagonals_match_dense(x64, kind):
 
 def test_per_leaf_and_diagonal_on_8_devices_give_one_device_numbers():
   """Under jit with the CNN batch sharded over 8 devices and inside shard_map (float32, 1e-5)."""
-  logits_fn, params, inputs, labels = _problem('cnn', batch=16)
+  logits_fn, params, inputs, labels = cases.fisher_problem('cnn', batch=16)
   rng = jax.random.PRNGKey(9)
 
   def fn(params, inputs, labels, rng):
@@ -90,7 +90,7 @@ def test_per_leaf_and_diagonal_on_8_devices_give_one_device_numbers():
             'diag': curvature.fisher_diagonal(logits_fn, params, inputs, estimator='exact'),
             'batch': curvature.batch_fisher_trace(logits_fn, params, inputs, rng=rng,
                                                   per_leaf=True)}
-  single = jax.jit(fn)(params, inputs, labels, rng)
+  single = cases.cheap_jit(fn)(params, inputs, labels, rng)
   mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   rep, batch = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec('data')
   args = (jax.device_put(params, jax.sharding.NamedSharding(mesh, rep)),
@@ -99,13 +99,13 @@ def test_per_leaf_and_diagonal_on_8_devices_give_one_device_numbers():
   in_specs = (rep, batch, batch, rep)
   for layout, f in (('jit', fn), ('shard_map', jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                                                               out_specs=rep))):
-    got = jax.jit(f)(*args)
+    got = cases.cheap_jit(f)(*args)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(single), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * np.max(np.abs(b)), err_msg=layout)
 
 
 def test_fisher_diagonal_names_itself_in_errors():
-  logits_fn, params, inputs, _ = _problem('mlp')
+  logits_fn, params, inputs, _ = cases.fisher_problem('mlp')
   with pytest.raises(ValueError, match=r"fisher_diagonal\(estimator='sampled'\) needs rng"):
     curvature.fisher_diagonal(logits_fn, params, inputs, estimator='sampled')
   with pytest.raises(ValueError, match="'sampled', 'exact', 'empirical'"):

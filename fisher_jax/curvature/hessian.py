@@ -4,9 +4,10 @@
 typically the mean loss of a batch, `make_loss_fn(logits_fn, inputs, labels)`; H = ∇²θ loss
 [P, P] is never formed. Every method is built on the Hessian-vector product H v, computed
 forward-over-reverse (a jvp of the gradient); the trace, diagonal and eigenvalue estimators are
-those of `fisher_jax.curvature.estimators` applied to `operators.make_hvp`. Several products at the same θ share one
-linearization: `jax.linearize(jax.grad(loss_fn), θ)` runs the forward and backward pass once,
-then each product costs only the tangent pass, and a batch of probes is one vmapped call.
+those of `fisher_jax.curvature.estimators` applied to `operators.make_hvp`. Several products at
+the same θ share one linearization: `jax.linearize(jax.grad(loss_fn), θ)` runs the forward and
+backward pass once, then each product costs only the tangent pass, and a batch of probes is one
+vmapped call.
 
 Inside `jax.jit`, build `loss_fn` from traced arguments (e.g. `jax.jit(lambda p, x, y:
 hessian_trace(make_loss_fn(logits_fn, x, y), p, ...))`) rather than closing over concrete

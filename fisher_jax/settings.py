@@ -61,6 +61,10 @@ class MeasureSettings:
   hessian_every_epochs: int
   hessian_probes: int
   hessian_num_examples: int
+  per_layer: bool
+  eigen_every_epochs: int
+  eigen_k: int
+  eigen_iterations: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,11 +189,17 @@ def read_measure(measure_config) -> MeasureSettings:
   """
   get = lambda field: _get(measure_config, field, 'measure.')  # noqa: E731
   periods = {f: _integer(f'measure.{f}', get(f), low=0, off_ok=True)
-             for f in ('every_epochs', 'every_steps', 'hessian_every_epochs')}
+             for f in ('every_epochs', 'every_steps', 'hessian_every_epochs',
+                       'eigen_every_epochs')}
   counts = {f: _integer(f'measure.{f}', get(f), low=1)
-            for f in ('num_examples', 'hessian_probes', 'hessian_num_examples')}
+            for f in ('num_examples', 'hessian_probes', 'hessian_num_examples', 'eigen_k')}
+  counts['eigen_iterations'] = _integer('measure.eigen_iterations', get('eigen_iterations'),
+                                        low=counts['eigen_k'])
   estimator = _choice('measure.fisher_estimator', get('fisher_estimator'), FISHER_ESTIMATORS)
-  return MeasureSettings(fisher_estimator=estimator, **periods, **counts)
+  per_layer = get('per_layer')
+  if not isinstance(per_layer, bool):
+    raise ValueError(f'measure.per_layer={per_layer!r} is invalid; it must be True or False.')
+  return MeasureSettings(fisher_estimator=estimator, per_layer=per_layer, **periods, **counts)
 
 
 def read(config) -> Settings:

@@ -13,7 +13,7 @@ batch-sharded inputs: XLA partitions them, so their numbers do not depend on the
 They use eval-mode (running-average) BatchNorm, so per-example quantities are per-example.
 """
 
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -143,11 +143,22 @@ def make_eval_step(model: nn.Module) -> Callable:
   return eval_step
 
 
-def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int) -> Callable:
+def leaf_metric_names(prefix: str, params) -> Mapping[str, Any]:
+  """{'<prefix>/<leaf path>': leaf} for every leaf of a params pytree ('Conv_0/kernel')."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {prefix + '/' + '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path):
+          leaf for path, leaf in flat}
+
+
+def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int,
+                    per_layer: bool = False) -> Callable:
   """Builds `measure(state, inputs, labels, rng) -> metrics` (global; for `jax.jit`).
 
   On the n examples given (a fixed training subset):
     * 'curvature/fisher_trace': Tr(F) = mean_i E_c ||grad CE(x_i, c)||^2 by `estimator`;
+    * with `per_layer`, also 'curvature/fisher_trace/<leaf path>' (e.g. '.../Conv_0/kernel'):
+      the same mean over that parameter leaf only (its diagonal block's trace), from the same
+      per-example pass; the leaves sum to 'curvature/fisher_trace';
     * 'curvature/fisher_trace_batch': Tr(F_B) = ||(1/B) sum_i grad CE(x_i, yhat_i)||^2 for
       mini-batches of the training batch size B (min(B, n)), averaged over the n // B batches;
     * 'curvature/grad_norm': ||(1/n) sum_i grad CE(x_i, y_i)|| with the trained labels.
@@ -166,12 +177,17 @@ def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int) -> Cal
                                           rng=jax.random.fold_in(batch_rng, i))
 
     batch_traces = lax.map(one_batch, (jnp.arange(n // b), chunks))
+    fisher = curvature.fisher_trace(logits_fn, state.params, inputs, estimator=estimator,
+                                    rng=fisher_rng, labels=labels, per_leaf=per_layer)
+    metrics = {}
+    if per_layer:
+      metrics = leaf_metric_names('curvature/fisher_trace', fisher)
+      fisher = sum(jax.tree.leaves(fisher))
     return {
-        'curvature/fisher_trace': curvature.fisher_trace(
-            logits_fn, state.params, inputs, estimator=estimator, rng=fisher_rng,
-            labels=labels),
+        'curvature/fisher_trace': fisher,
         'curvature/fisher_trace_batch': jnp.mean(batch_traces),
         'curvature/grad_norm': curvature.gradient_norm(logits_fn, state.params, inputs, labels),
+        **metrics,
     }
 
   return measure
@@ -208,3 +224,30 @@ def make_hessian_fn(model: nn.Module, *, num_probes: int) -> Callable:
     return {'curvature/hessian_trace': estimate, 'curvature/hessian_trace_stderr': stderr}
 
   return hessian
+
+
+def make_eigen_fn(model: nn.Module, *, k: int, num_iterations: int) -> Callable:
+  """Builds `eigen(state, inputs, labels, rng) -> metrics` (global; for `jax.jit`).
+
+  Lanczos (`curvature.top_eigenpairs`, `num_iterations` products each, full
+  reorthogonalization) on the given examples, eval-mode BatchNorm:
+    * 'curvature/hessian_eigenvalue/<j>', j = 1..k: the k largest eigenvalues of the Hessian of
+      the mean cross-entropy, 1 the largest;
+    * 'curvature/fisher_top_eigenvalue': the largest eigenvalue of the Fisher
+      (1/n) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i (`curvature.make_fisher_vp`).
+  """
+
+  def eigen(state: TrainState, inputs: jax.Array, labels: jax.Array, rng: jax.Array):
+    logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
+    hessian_rng, fisher_rng = jax.random.split(rng)
+    hvp = curvature.make_hvp(curvature.make_loss_fn(logits_fn, inputs, labels), state.params)
+    values, _ = curvature.top_eigenpairs(hvp, state.params, k=k, rng=hessian_rng,
+                                         num_iterations=num_iterations)
+    fisher = curvature.make_fisher_vp(logits_fn, state.params, inputs)
+    top, _ = curvature.top_eigenpairs(fisher, state.params, k=1, rng=fisher_rng,
+                                      num_iterations=num_iterations)
+    metrics = {f'curvature/hessian_eigenvalue/{j + 1}': values[j] for j in range(k)}
+    metrics['curvature/fisher_top_eigenvalue'] = top[0]
+    return metrics
+
+  return eigen

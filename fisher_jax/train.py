@@ -104,12 +104,17 @@ class _Measurements:
     self._rng = rng
     self._subset = _place_subset(inp.fixed_subset(measure.num_examples, kind='all'), mesh)
     self._measure = jax.jit(steps.make_measure_fn(model, estimator=measure.fisher_estimator,
-                                                  batch_size=batch_size))
-    self._hessian = None
-    if measure.hessian_every_epochs:
+                                                  batch_size=batch_size,
+                                                  per_layer=measure.per_layer))
+    self._hessian = self._eigen = None
+    if measure.hessian_every_epochs or measure.eigen_every_epochs:
       self._hessian_subset = _place_subset(
           inp.fixed_subset(measure.hessian_num_examples, kind='all'), mesh)
+    if measure.hessian_every_epochs:
       self._hessian = jax.jit(steps.make_hessian_fn(model, num_probes=measure.hessian_probes))
+    if measure.eigen_every_epochs:
+      self._eigen = jax.jit(steps.make_eigen_fn(model, k=measure.eigen_k,
+                                                num_iterations=measure.eigen_iterations))
     self._noisy = {}
     if label_noise > 0:
       self._noisy = {kind: _place_subset(inp.fixed_subset(measure.num_examples, kind=kind), mesh)
@@ -130,15 +135,19 @@ class _Measurements:
     return self._hessian(state, self._hessian_subset['image'], self._hessian_subset['label'],
                          rng)
 
+  def eigen(self, state) -> Dict[str, jax.Array]:
+    rng = jax.random.fold_in(jax.random.fold_in(self._rng, state.step), 2)
+    return self._eigen(state, self._hessian_subset['image'], self._hessian_subset['label'], rng)
+
 
 def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int) -> FrozenSet[str]:
-  """What is due after `step` updates: 'epoch_end', 'log', 'fisher', 'hessian', 'eval',
-  'checkpoint'.
+  """What is due after `step` updates: 'epoch_end', 'log', 'fisher', 'hessian', 'eigen',
+  'eval', 'checkpoint'.
 
   Train metrics are logged at epoch ends and every `log_every_steps`; Tr(F) every
   `measure.every_steps` and every `measure.every_epochs` epochs; Tr(H) every
-  `measure.hessian_every_epochs` epochs; evaluation and checkpoints every `eval_every_epochs` /
-  `checkpoint_every_epochs` epochs. Each epoch cadence that is on also fires at the last step;
+  `measure.hessian_every_epochs` epochs and the top eigenvalues every `measure.eigen_every_epochs`;
+  evaluation and checkpoints every `eval_every_epochs` / `checkpoint_every_epochs` epochs. Each epoch cadence that is on also fires at the last step;
   evaluation and checkpoints fire there even when off.
   """
   epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -150,6 +159,7 @@ def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int) -> FrozenS
          'log': epoch_end or cadence.is_due(step, run.log_every_steps),
          'fisher': cadence.is_due(step, m.every_steps) or by_epoch(m.every_epochs, False),
          'hessian': by_epoch(m.hessian_every_epochs, False),
+         'eigen': by_epoch(m.eigen_every_epochs, False),
          'eval': by_epoch(run.eval_every_epochs, True),
          'checkpoint': by_epoch(run.checkpoint_every_epochs, True)}
   return frozenset(k for k, v in due.items() if v)
@@ -271,6 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       record.update(measurements.fisher(state))
     if 'hessian' in due:
       record.update(measurements.hessian(state))
+    if 'eigen' in due:
+      record.update(measurements.eigen(state))
     for split in eval_splits if 'eval' in due else ():
       record.update(_evaluate(eval_step, state, inp, split, run.batch_size, mesh))
     if record:

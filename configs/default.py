@@ -75,5 +75,12 @@ def get_config():
 
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
+  # The latest checkpoints kept; the best-by-val/accuracy one is kept besides them.
+  config.checkpoint_keep = 3
   config.log_every_steps = 0  # 0: train metrics once per epoch.
+
+  # Divergence guard: 'stop' ends the run at the first non-finite training loss or penalty
+  # (exit status fisher_jax.exit_codes.DIVERGED, diverged.json in the workdir); 'off' trains on.
+  config.guard = ml_collections.ConfigDict()
+  config.guard.nonfinite = 'stop'
   return config

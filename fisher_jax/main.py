@@ -7,7 +7,8 @@ On several hosts every process runs the same command; TPU pod slices and SLURM s
 detected, other clusters add --coordinator_address, --num_processes and --process_id (or the
 FISHER_JAX_* environment variables); see docs/multihost.md.
 
-A bad config or workdir ends with one sentence naming the field and a non-zero exit.
+A bad config or workdir ends with one sentence naming the field and a non-zero exit; the exit
+statuses (diverged, workdir in use) are listed in `fisher_jax.exit_codes`.
 """
 
 import os
@@ -26,7 +27,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from fisher_jax import config_files
+from fisher_jax import exit_codes
+from fisher_jax import guard
 from fisher_jax import parallel
+from fisher_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -119,19 +123,47 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   try:
     # Before any other JAX call: afterwards jax.devices() spans every process.
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, mode=FLAGS.distributed,
-                                    timeout_s=FLAGS.distributed_timeout)
+    distributed = parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+        mode=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout)
   except ValueError as error:
     sys.exit(f'fisher_jax: {error}')
   # Imported only now, so that nothing they do on import can start JAX before the above (and a
   # process that cannot join fails fast, without loading TensorFlow).
-  from fisher_jax import data  # pylint: disable=g-import-not-at-top
-  from fisher_jax import train  # pylint: disable=g-import-not-at-top
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, data.DatasetNotPreparedError) as error:
-    sys.exit(f'fisher_jax: {error}')
+  with workdir_lib.WorkdirLock(FLAGS.workdir) as lock:
+    if not distributed:
+      _lock_early(lock)
+    from fisher_jax import data  # pylint: disable=g-import-not-at-top
+    from fisher_jax import train  # pylint: disable=g-import-not-at-top
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, data.DatasetNotPreparedError) as error:
+      sys.exit(f'fisher_jax: {error}')
+    except guard.DivergedError as error:
+      _exit(error, exit_codes.DIVERGED)
+    except workdir_lib.WorkdirBusyError as error:
+      _exit(error, exit_codes.WORKDIR_BUSY)
+
+
+def _exit(error: Exception, status: int):
+  sys.stderr.write(f'fisher_jax: {error}\n')
+  sys.exit(status)
+
+
+def _lock_early(lock: workdir_lib.WorkdirLock):
+  """Takes an existing workdir's lock before the slow imports, so that a second process on it
+  stops within seconds (one process only; a multi-process run decides in train_and_evaluate).
+
+  A workdir that does not exist yet is locked after the config is checked, so that a bad
+  config leaves nothing behind.
+  """
+  if os.path.isdir(lock.workdir):
+    try:
+      lock.acquire()
+    except ValueError as error:
+      sys.exit(f'fisher_jax: {error}')
+    except workdir_lib.WorkdirBusyError as error:
+      _exit(error, exit_codes.WORKDIR_BUSY)
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ The section readers (`read_optimizer(config.optimizer)`, `read_regularizer(confi
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
+from fisher_jax import guard
 from fisher_jax import regularizers
 from fisher_jax.curvature import FISHER_ESTIMATORS
 
@@ -89,6 +90,8 @@ class Settings:
   eval_every_epochs: int
   checkpoint_every_epochs: int
   log_every_steps: int
+  checkpoint_keep: int  # The latest checkpoints kept (the best-by-val/accuracy one besides).
+  guard_nonfinite: str  # `config.guard.nonfinite`: 'stop' or 'off' (see fisher_jax.guard).
 
 
 def _get(section, field: str, prefix: str):
@@ -238,4 +241,7 @@ def read(config) -> Settings:
                                  off_ok=True),
       checkpoint_every_epochs=_integer('checkpoint_every_epochs',
                                        get('checkpoint_every_epochs'), low=0, off_ok=True),
-      log_every_steps=_integer('log_every_steps', get('log_every_steps'), low=0, off_ok=True))
+      log_every_steps=_integer('log_every_steps', get('log_every_steps'), low=0, off_ok=True),
+      checkpoint_keep=_integer('checkpoint_keep', get('checkpoint_keep'), low=1),
+      guard_nonfinite=_choice('guard.nonfinite', _get(get('guard'), 'nonfinite', 'guard.'),
+                              guard.NONFINITE_MODES))

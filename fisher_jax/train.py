@@ -9,6 +9,7 @@ layout and the metric names.
 The config is validated once, first (`settings.read`); each part receives its own settings.
 """
 
+import contextlib
 import json
 import os
 from typing import Any, Callable, Dict, FrozenSet, Optional
@@ -21,6 +22,7 @@ from absl import logging
 from clu import periodic_actions
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -28,22 +30,38 @@ from fisher_jax import cadence
 from fisher_jax import checkpoint
 from fisher_jax import config_files
 from fisher_jax import data
+from fisher_jax import guard
+from fisher_jax import metrics_file
 from fisher_jax import models
 from fisher_jax import optim
 from fisher_jax import parallel
 from fisher_jax import settings as settings_lib
 from fisher_jax import state as state_lib
 from fisher_jax import steps
+from fisher_jax import workdir as workdir_lib
 from fisher_jax import writers
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 # Keys that may change when a run is resumed: they do not alter the trajectory.
-RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps')
+RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps', 'checkpoint_keep',
+                    'guard.nonfinite')
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json())
+
+
+def _check_subset_sizes(run: settings_lib.Settings, num_train: int):
+  """The fixed measurement subsets in use must fit in the training set (never silently cut)."""
+  m = run.measure
+  used = {'num_examples': m.every_epochs or m.every_steps or run.dataset.label_noise > 0,
+          'hessian_num_examples': m.hessian_every_epochs}
+  for field in (f for f, is_used in used.items() if is_used):
+    value = getattr(m, field)
+    if value > num_train:
+      raise ValueError(f'measure.{field}={value} is larger than the training set '
+                       f'({num_train} examples); choose at most {num_train}.')
 
 
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
@@ -203,14 +221,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The last logged value of every metric.
 
   Raises:
-    ValueError: a config field is unknown or impossible, or the workdir holds another run.
+    ValueError: a config field is unknown or impossible, the workdir holds another run, is a
+      file or cannot be written, or none of its checkpoints can be read.
+    workdir.WorkdirBusyError: another process holds the workdir (one run per workdir).
+    guard.DivergedError: a training loss or penalty became non-finite (guard.nonfinite='stop');
+      `<workdir>/diverged.json` records where, and the finite checkpoints are kept.
   """
+  # Released in reverse order on the way out, whatever happens: pending checkpoint saves are
+  # finished, the writers closed, then the workdir's lock released.
+  with contextlib.ExitStack() as cleanup:
+    lock = cleanup.enter_context(workdir_lib.WorkdirLock(workdir))
+    try:
+      return _train_and_evaluate(config, workdir, lock, cleanup, on_epoch)
+    except guard.DivergedError as error:
+      if jax.process_index() == 0:
+        guard.write_divergence(workdir, error)
+      raise
+
+
+def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, float]:
+  """`train_and_evaluate`'s work: takes `lock` before writing, registers closing in `cleanup`."""
   run = settings_lib.read(config)
+  workdir_lib.check(workdir)
   _check_workdir(workdir, config)
   mesh = parallel.make_mesh()
   parallel.check_divisible(run.batch_size, mesh)
   inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
   model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
+  _check_subset_sizes(run, inp.num_train)
   steps_per_epoch = inp.steps_per_epoch
   tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=steps_per_epoch,
                             num_epochs=run.num_epochs)
@@ -226,20 +264,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Read (and check) another run's checkpoint before this run writes anything.
   initial = _init_from(state, run.init_from, mesh) if run.init_from.workdir else None
 
-  os.makedirs(workdir, exist_ok=True)
+  # Nothing is written before the lock: a second process on this workdir stops here.
+  lock.acquire(process_index=jax.process_index(), process_count=jax.process_count(),
+               broadcast=lambda v: int(multihost_utils.broadcast_one_to_all(np.int32(v))))
+  divergence = guard.read_divergence(workdir)
+  if divergence and run.guard_nonfinite == 'stop':
+    raise guard.DivergedError(divergence)  # Training it again would diverge again.
   if is_writer and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     _write_config(workdir, config)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
-  start_step = ckpt.latest_step() or 0
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                 keep=run.checkpoint_keep,
+                                 best_metric='val/accuracy' if inp.has_split('val') else None)
+  cleanup.callback(ckpt.close)
+  start_step, restored = ckpt.restore_latest(state)
   if start_step:
-    state = ckpt.restore(start_step, state)
+    state = restored
     logging.info('Resumed from the checkpoint at step %d.', start_step)
-    if is_writer:
-      writers.truncate_metrics(workdir, start_step)
   elif initial is not None:
     state = initial
+  if is_writer:  # Drops what was logged after the checkpoint (all of it from scratch).
+    metrics_file.prepare_for_resume(workdir, start_step or None)
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
+  cleanup.callback(writer.close)
+  cleanup.callback(writer.flush)
+  learning_rate = optim.make_schedule(run.optimizer, steps_per_epoch, run.num_epochs)
   # The host decides which steps recompute the penalty (no lax.cond on the device): two
   # compiled steps, each compiled on first use.
   recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch)
@@ -277,6 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
                      float(v) / train_count for k, v in jax.device_get(train_sums).items()})
       train_sums, train_count = None, 0
+      guard.check(record, step, float(learning_rate(step - 1)), run.guard_nonfinite)
     if 'fisher' in due:
       record.update(measurements.fisher(state))
     if 'hessian' in due:
@@ -290,11 +340,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.write_scalars(step, record)
       latest.update(record)
     if 'checkpoint' in due:
-      ckpt.save(step, state)
+      try:
+        ckpt.save(step, state, metrics=record)
+      except checkpoint.NonFiniteStateError:
+        if run.guard_nonfinite == 'stop':
+          raise guard.diverged(step, 'a parameter', 'non-finite',  # pylint: disable=raise-missing-from
+                               float(learning_rate(step - 1)))
+        logging.warning('The state at step %d is non-finite: its checkpoint is not saved.', step)
     if on_epoch is not None and 'epoch_end' in due and on_epoch(step // steps_per_epoch):
       break
-
-  ckpt.close()
-  writer.flush()
-  writer.close()
   return latest

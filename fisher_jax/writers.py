@@ -1,13 +1,13 @@
 """Metric writers: TensorBoard and console (clu) plus the run's `metrics.jsonl`.
 
-`metrics.jsonl` holds one JSON object per logged point, `{"step", "epoch", <metric>: value}`;
-analysis code reads only it and `config.json`. Only process 0 writes files; the other processes
-get a writer that discards everything.
+`metrics.jsonl` holds one JSON object per logged point, `{"step", "epoch", <metric>: value}`
+(its format, crash tolerance and repair: `metrics_file`); analysis code reads only it and
+`config.json`. Only process 0 writes files; the other processes get a writer that discards
+everything.
 """
 
-import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from fisher_jax import _extras
 
@@ -16,14 +16,17 @@ _extras.require('train', __name__)
 from clu import metric_writers
 import numpy as np
 
-METRICS_FILE = 'metrics.jsonl'
+from fisher_jax import metrics_file
+
+METRICS_FILE = metrics_file.METRICS_FILE
+read_metrics = metrics_file.read_records
 
 
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
 
-  Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}`; the file is flushed
-  after every line so a killed run loses nothing it reported.
+  Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}` (strict JSON, see
+  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported.
   """
 
   def __init__(self, workdir: str, steps_per_epoch: int):
@@ -31,9 +34,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    record = {'step': int(step), 'epoch': int(step) / self._steps_per_epoch}
-    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + '\n')
+    self._file.write(metrics_file.format_record(
+        step, int(step) / self._steps_per_epoch,
+        {k: float(np.asarray(v)) for k, v in scalars.items()}))
     self._file.flush()
 
   def write_summaries(self, step, values, metadata=None):
@@ -62,27 +65,6 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def close(self):
     self._file.close()
-
-
-def read_metrics(workdir: str):
-  """The records of `<workdir>/metrics.jsonl` as a list of dicts (empty if none)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def truncate_metrics(workdir: str, last_step: int):
-  """Drops records after `last_step` (a resumed run re-logs the steps after its checkpoint)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return
-  kept = [r for r in read_metrics(workdir) if r['step'] <= last_step]
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in kept)
-  os.replace(tmp, path)
 
 
 def create_writer(workdir: str, steps_per_epoch: int,

@@ -1,7 +1,10 @@
 """Reading finished (or running) runs: `config.json` and `metrics.jsonl`, into pandas.
 
 A run directory is any directory holding both files (see docs/design.md, "a run's workdir"). The
-analysis reads nothing else. Runs launched by `experiments.run` live in `ROOT/<sweep>/<run>/`;
+analysis reads nothing else, except `diverged.json`, the divergence guard's record of a run that
+stopped at a non-finite loss (`Run.diverged`): such a run is a result ("this learning rate
+diverges"), never a seed to average with finished runs. Runs launched by `experiments.run` live
+in `ROOT/<sweep>/<run>/`;
 `load_runs(ROOT)` finds them at any depth and names each by its path relative to ROOT.
 
 Configs written by the experiment configs carry an `experiment` block (`name`, `group`,
@@ -17,9 +20,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 
 from fisher_jax import config_files
+from fisher_jax import guard
+from fisher_jax import metrics_file
 
 CONFIG_FILE = 'config.json'
-METRICS_FILE = 'metrics.jsonl'
+METRICS_FILE = metrics_file.METRICS_FILE
 
 
 @dataclasses.dataclass
@@ -32,11 +37,19 @@ class Run:
     config: the resolved config (nested dicts, as in config.json).
     metrics: one row per logged point, columns 'step', 'epoch' and every metric name; a metric
       missing from a point is NaN. Sorted by step; a step logged twice keeps its last record.
+    divergence: the guard's record when the run diverged (step, metric, value, learning_rate,
+      message), else None.
   """
   name: str
   path: str
   config: Dict[str, Any]
   metrics: pd.DataFrame
+  divergence: Optional[Dict[str, Any]] = None
+
+  @property
+  def diverged(self) -> bool:
+    """Whether the run stopped at a non-finite loss or penalty (it has no final metrics)."""
+    return self.divergence is not None
 
   @property
   def sweep(self) -> str:
@@ -83,17 +96,13 @@ class Run:
 def read_metrics(path: str) -> pd.DataFrame:
   """`<path>/metrics.jsonl` as a DataFrame (see `Run.metrics`); empty if the file is missing.
 
-  A truncated last line (a run killed while writing) is skipped.
+  A torn last line (a run killed while writing) is skipped, nothing else; non-finite values
+  (written as "NaN", "Infinity") are floats again.
+
+  Raises:
+    ValueError: a line before the last one is damaged (naming the file and line).
   """
-  records = []
-  file = os.path.join(path, METRICS_FILE)
-  if os.path.exists(file):
-    with open(file) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          continue
+  records = metrics_file.read_records(path)
   if not records:
     return pd.DataFrame({'step': pd.Series(dtype=int), 'epoch': pd.Series(dtype=float)})
   frame = pd.DataFrame.from_records(records)
@@ -114,7 +123,7 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
   with open(config_file) as f:
     config = json.load(f)
   return Run(name=name or os.path.basename(os.path.normpath(path)), path=path, config=config,
-             metrics=read_metrics(path))
+             metrics=read_metrics(path), divergence=guard.read_divergence(path))
 
 
 def load_runs(root: str, experiment: Optional[str] = None) -> List[Run]:
@@ -136,8 +145,9 @@ def load_runs(root: str, experiment: Optional[str] = None) -> List[Run]:
 
 
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-  """One row per run: 'name' and every config field as a dotted column."""
-  return pd.DataFrame([{'name': r.name, **config_files.flat_fields(r.config)} for r in runs])
+  """One row per run: 'name', 'diverged' and every config field as a dotted column."""
+  return pd.DataFrame([{'name': r.name, 'diverged': r.diverged,
+                        **config_files.flat_fields(r.config)} for r in runs])
 
 
 def label_of(run: Run) -> str:

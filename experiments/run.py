@@ -4,19 +4,26 @@
 
 NAME is a sweep of `experiments.sweeps` (e.g. fisher_explosion) or 'all'. Each run is one
 `python -m fisher_jax.main ... --workdir ROOT/<sweep>/<run>` subprocess (run from the repository
-root, output appended to ROOT/<sweep>/<run>/runner.log). When a run exits with status 0 the runner
-writes ROOT/<sweep>/<run>/runner_done.json (holding its command); a run with that marker is
-finished and is skipped next time. Any other run is (re)started: fisher_jax resumes it from its
-latest checkpoint. A failed run is reported and does not stop the others (the runs that wait for
-it are not started); the exit status is 1 if any run failed. On SIGINT/SIGTERM the runner stops
-its running runs (they resume when it is started again) and exits with status 130.
+root, output appended to ROOT/<sweep>/<run>/runner.log). When a run exits with status 0, or
+with `exit_codes.DIVERGED` (its loss became non-finite: a result, "this setting diverges", not a
+failure), the runner writes ROOT/<sweep>/<run>/runner_done.json (holding its command and
+result); a run with that marker is finished and is skipped next time. Any other run is
+(re)started: fisher_jax resumes it from its latest checkpoint. A run whose workdir another
+process holds (its lock, see `fisher_jax.workdir`) is never started while it is held: the
+runner waits for it. A failed run is reported and does not stop the others (the runs that wait
+for it, or for a diverged run, are not started); the exit status is 1 if any run failed or was
+blocked. On SIGINT/SIGTERM the runner stops its running runs (they resume when it is started
+again) and exits with status 130. On Linux the runs die with the runner however it ends
+(SIGKILL included): each is started with a parent-death signal (prctl PR_SET_PDEATHSIG).
 
 `--dry_run` prints one shell command per run instead (to be run from the repository root, e.g.
 by a cluster scheduler), runs that must wait for others after them, under '# stage k' lines.
 """
 
 import argparse
+import ctypes
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -27,12 +34,15 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from experiments import sweeps
+from fisher_jax import exit_codes
+from fisher_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE_FILE = 'runner_done.json'
 LOG_FILE = 'runner.log'
 # Statuses of a job after `run_jobs`.
-DONE, SKIPPED, FAILED, BLOCKED = 'done', 'skipped', 'failed', 'blocked'
+DONE, SKIPPED, DIVERGED, FAILED, BLOCKED = 'done', 'skipped', 'diverged', 'failed', 'blocked'
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,28 +104,44 @@ def stages(jobs: Sequence[Job]) -> List[List[Job]]:
   return out
 
 
-def finished(job: Job) -> bool:
-  """Whether `job` finished (its done marker exists).
+def finished(job: Job) -> Optional[str]:
+  """How `job` finished (DONE or DIVERGED, from its done marker), or None if it did not.
 
   Raises:
     ValueError: the marker records a different command: the workdir holds another run.
   """
   path = os.path.join(job.workdir, DONE_FILE)
   if not os.path.exists(path):
-    return False
+    return None
   with open(path) as f:
-    recorded = json.load(f).get('args')
+    marker = json.load(f)
+  recorded = marker.get('args')
   if recorded != list(job.args):
     raise ValueError(f'{job.workdir} holds a run finished with another command '
                      f'({shlex.join(recorded or [])}); delete it or choose another --root.')
-  return True
+  return marker.get('result', DONE)
 
 
-def _mark_done(job: Job):
+def _mark_done(job: Job, result: str = DONE):
   tmp = os.path.join(job.workdir, DONE_FILE + '.tmp')
   with open(tmp, 'w') as f:
-    json.dump({'args': list(job.args)}, f, indent=1)
+    json.dump({'args': list(job.args), 'result': result}, f, indent=1)
   os.replace(tmp, os.path.join(job.workdir, DONE_FILE))
+
+
+def _die_with_parent(prctl, parent: int):
+  """In the child before exec: SIGKILL when the runner dies, even by SIGKILL (Linux)."""
+  prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() != parent:  # The runner died before the line above: follow it now.
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _child_setup():
+  """The `preexec_fn` that ties a run's life to the runner's (None where prctl is missing)."""
+  if not sys.platform.startswith('linux'):
+    return None
+  prctl = ctypes.CDLL(None, use_errno=True).prctl  # Looked up here: not after fork.
+  return functools.partial(_die_with_parent, prctl, os.getpid())
 
 
 class _Stop(Exception):
@@ -140,49 +166,69 @@ def _log(message: str):
   print(message, flush=True)
 
 
+def _settled(job: Job, status: Dict[str, str], log: Callable[[str], None]) -> bool:
+  """Records (in `status`) and logs `job` if it finished before or cannot run; True if so."""
+  try:
+    result = finished(job)
+  except ValueError as error:
+    status[job.key] = FAILED
+    log(f'FAILED  {job.key}: {error}')
+    return True
+  if result:
+    status[job.key] = SKIPPED if result == DONE else result
+    log(f'skip    {job.key} ({"finished" if result == DONE else result})')
+  return bool(result)
+
+
 def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executable,
              env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = _log,
              poll_s: float = 0.5) -> Dict[str, str]:
   """Runs the unfinished jobs, at most `workers` at a time, respecting `after`.
 
   Returns:
-    key -> DONE (ran now and exited 0), SKIPPED (finished before), FAILED (non-zero exit or a
-    workdir holding another run) or BLOCKED (waits for a run that failed).
+    key -> DONE (ran now and exited 0), SKIPPED (finished before), DIVERGED (stopped at a
+    non-finite loss, now or before), FAILED (another non-zero exit or a workdir holding another
+    run) or BLOCKED (waits for a run that failed or diverged).
   """
   if workers < 1:
     raise ValueError(f'--workers={workers} must be at least 1.')
   status: Dict[str, str] = {}
   pending: List[Job] = []
   for job in jobs:
-    try:
-      if finished(job):
-        status[job.key] = SKIPPED
-        log(f'skip    {job.key} (finished)')
-        continue
-    except ValueError as error:
-      status[job.key] = FAILED
-      log(f'FAILED  {job.key}: {error}')
-      continue
-    pending.append(job)
+    if not _settled(job, status, log):
+      pending.append(job)
   keys = {job.key for job in jobs}
   running: Dict[str, Tuple[Job, subprocess.Popen, object]] = {}
+  waiting: Dict[str, str] = {}  # key -> holder of its workdir, for runs held by a process
   total, started = len(pending), 0
+  preexec = _child_setup()
   try:
     while pending or running:
       for job in list(pending):
         deps = [status.get(a) if a in keys else BLOCKED for a in job.after]
-        if any(d in (FAILED, BLOCKED) for d in deps):
+        if any(d in (FAILED, BLOCKED, DIVERGED) for d in deps):
           status[job.key] = BLOCKED
           pending.remove(job)
-          log(f'blocked {job.key}: waits for a run that failed or is not in this sweep')
+          log(f'blocked {job.key}: waits for a run that failed, diverged or is not in this '
+              'sweep')
         elif len(running) < workers and all(d in (DONE, SKIPPED) for d in deps):
+          holder = workdir_lib.holder(job.workdir)
+          if holder:  # Another process runs it: never a second one into the same workdir.
+            if waiting.get(job.key) != holder:
+              log(f'wait    {job.key}: its workdir is in use by {holder}')
+            waiting[job.key] = holder
+            continue
+          waiting.pop(job.key, None)
           pending.remove(job)
+          if _settled(job, status, log):  # That process may have finished it meanwhile.
+            continue
           os.makedirs(job.workdir, exist_ok=True)
           out = open(os.path.join(job.workdir, LOG_FILE), 'a')
           out.write(f'\n$ {shlex.join(job.command(python))}\n')
           out.flush()
           process = subprocess.Popen(job.command(python), cwd=REPO, env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=preexec)
           running[job.key] = (job, process, out)
           started += 1
           log(f'start   {job.key} [{started}/{total}]')
@@ -196,6 +242,13 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executa
           _mark_done(job)
           status[key] = DONE
           log(f'done    {key}')
+        elif code == exit_codes.DIVERGED:
+          _mark_done(job, DIVERGED)
+          status[key] = DIVERGED
+          log(f'diverged {key}: see {os.path.join(job.workdir, LOG_FILE)}')
+        elif code == exit_codes.WORKDIR_BUSY:  # Taken between our look and its start: wait.
+          pending.append(job)
+          started -= 1
         else:
           status[key] = FAILED
           log(f'FAILED  {key}: exit status {code}, see {os.path.join(job.workdir, LOG_FILE)}')
@@ -273,7 +326,8 @@ def execute(jobs: Sequence[Job], workers: int, root: str) -> int:
   """Runs `jobs` (see `run_jobs`) until done or stopped by SIGINT/SIGTERM; prints a summary.
 
   Returns:
-    The exit status: 0 if every run finished, 1 if any failed or was blocked, 130 if stopped.
+    The exit status: 0 if every run finished or diverged, 1 if any failed or was blocked, 130
+    if stopped.
   """
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, _raise_stop)
@@ -283,7 +337,8 @@ def execute(jobs: Sequence[Job], workers: int, root: str) -> int:
   except _Stop as stop:
     print(f'stopped by {stop}; start the same command again to resume.', flush=True)
     return 130
-  counts = {s: sum(v == s for v in status.values()) for s in (DONE, SKIPPED, FAILED, BLOCKED)}
+  counts = {s: sum(v == s for v in status.values())
+            for s in (DONE, SKIPPED, DIVERGED, FAILED, BLOCKED)}
   print(f'{len(jobs)} runs: ' + ', '.join(f'{n} {s}' for s, n in counts.items()) +
         f' (wall time {time.monotonic() - start:.0f} s)', flush=True)
   bad = sorted(k for k, v in status.items() if v in (FAILED, BLOCKED))

@@ -1,7 +1,8 @@
 """The run's `metrics.jsonl`: strict JSON lines, crash-tolerant reading, repair on resume.
 
 Each line is one JSON object `{"step": int, "epoch": float, <metric>: number, ...}` written with
-a single `write` and flushed, so a crash can only tear the LAST line. The file is strict JSON
+a single `write` and flushed, so a crash can only tear the LAST line; one line per logged step
+(performance reports, see `is_metric`, are not in it). The file is strict JSON
 (any JSON parser reads it): a non-finite value is written as the string "NaN", "Infinity" or
 "-Infinity" (which Python's `float()` reads back), never as the bare tokens Python's `json`
 emits by default. `read_records` turns those strings back into floats.
@@ -20,6 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 METRICS_FILE = 'metrics.jsonl'
 _NONFINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
+
+
+def is_metric(name: str) -> bool:
+  """Whether `name` is an analysis metric ('train/loss', 'curvature/fisher_trace', ...).
+
+  Performance reports are not: clu's 'steps_per_sec' and 'uptime' (no group) and 'perf/*'.
+  """
+  return '/' in name and not name.startswith('perf/')
 
 
 def _encode(value: float):

@@ -26,7 +26,9 @@ class JsonlWriter(metric_writers.MetricWriter):
   """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
 
   Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}` (strict JSON, see
-  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported.
+  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported. Only
+  analysis metrics go in (`metrics_file.is_metric`): clu's steps_per_sec/uptime reports and
+  perf/* stay in TensorBoard, so each logged step has one record.
   """
 
   def __init__(self, workdir: str, steps_per_epoch: int):
@@ -34,9 +36,11 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    self._file.write(metrics_file.format_record(
-        step, int(step) / self._steps_per_epoch,
-        {k: float(np.asarray(v)) for k, v in scalars.items()}))
+    metrics = {k: float(np.asarray(v)) for k, v in scalars.items() if metrics_file.is_metric(k)}
+    if not metrics:  # Speed and uptime (TensorBoard only): one record per logged step.
+      return
+    self._file.write(metrics_file.format_record(step, int(step) / self._steps_per_epoch,
+                                                metrics))
     self._file.flush()
 
   def write_summaries(self, step, values, metadata=None):

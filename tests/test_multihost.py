@@ -158,7 +158,7 @@ def test_only_process_zero_writes(runs):
   root, two = runs
   files = sorted(os.listdir(root / 'two'))
   assert [f for f in files if not f.startswith('events.out.tfevents')] == [
-      'checkpoints', 'config.json', 'metrics.jsonl']
+      'checkpoints', 'config.json', 'lock', 'metrics.jsonl']  # The lock: process 0's.
   assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
   for line in ('train/loss=', 'Hyperparameters', 'steps/s'):
     assert line in two.log(0), line

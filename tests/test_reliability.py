@@ -1,0 +1,486 @@
+"""Nothing lost, whatever happens: divergence, two processes on one workdir, damaged
+checkpoints, SIGKILL anywhere, a killed sweep runner, a torn metrics line, bad workdirs.
+
+The runs are tiny (256 training examples: 2 steps per epoch, 3 epochs, every step logged) and
+every subprocess shares one persistent compilation cache, filled once by the module's
+uninterrupted reference run; each restarted process then costs mostly its imports.
+"""
+
+import glob
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from fisher_jax import checkpoint
+from fisher_jax import exit_codes
+from fisher_jax import guard
+from fisher_jax import metrics_file
+from fisher_jax import workdir as workdir_lib
+from fisher_jax import analysis
+
+FIELDS = {'num_epochs': 3, 'dataset.train_subset': 256, 'measure.num_examples': 64,
+          'log_every_steps': 1}
+OVERRIDES = tuple(f'--config.{k}={v}' for k, v in FIELDS.items())
+STEPS_PER_EPOCH, LAST_STEP = 2, 6
+COMPARED = ('train/loss', 'train/accuracy', 'val/loss', 'val/accuracy', 'test/loss',
+            'test/accuracy', 'curvature/fisher_trace', 'curvature/grad_norm')
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  cache = tmp_path_factory.mktemp('jax_cache')
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+def _command(workdir, *extra):
+  return [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
+          '--workdir', str(workdir), *OVERRIDES, *extra]
+
+
+def _start(workdir, env, *extra, log=None):
+  out = open(log, 'w') if log else subprocess.DEVNULL
+  return subprocess.Popen(_command(workdir, *extra), cwd=REPO, env=env, stdout=out,
+                          stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
+
+
+def _run(workdir, env, *extra):
+  return subprocess.run(_command(workdir, *extra), cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=TIMEOUT_S)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, env):
+  """An uninterrupted run (it also fills the compilation cache)."""
+  workdir = tmp_path_factory.mktemp('reference')
+  result = _run(workdir, env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _steps(workdir):
+  return [r['step'] for r in metrics_file.read_records(str(workdir))]
+
+
+def _assert_ends_like(workdir, reference):
+  """Every logged step exactly once, and the final metrics of the uninterrupted run."""
+  assert _steps(workdir) == _steps(reference)
+  got, expected = (metrics_file.read_records(str(w))[-1] for w in (workdir, reference))
+  for name in COMPARED:
+    np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=name)
+
+
+def _last_line(text: str) -> str:
+  return text.strip().splitlines()[-1]
+
+
+def _checkpoint_steps(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _assert_finite_checkpoints(workdir):
+  for step in _checkpoint_steps(workdir):
+    _, params, _ = checkpoint.restore_model_variables(os.path.join(workdir, 'checkpoints'), step)
+    assert checkpoint.is_finite(params), step
+
+
+# 1. Divergence.
+
+def test_a_diverging_run_stops_at_once_keeps_its_finite_checkpoints_and_says_so(tmp_path, env):
+  workdir = tmp_path / 'lr50'
+  result = _run(workdir, env, '--config.optimizer.learning_rate=50')
+  assert result.returncode == exit_codes.DIVERGED, result.stderr[-3000:]
+  message = _last_line(result.stderr)
+  assert message.startswith('fisher_jax: training diverged at step ') and 'Traceback' not in (
+      result.stderr)
+  assert message.count('. ') == 0 and 'train/loss' in message and 'learning rate 50' in message
+  record = guard.read_divergence(str(workdir))
+  stop = record['step']
+  assert f'step {stop}:' in message and record['metric'] == 'train/loss'
+  # Every step is logged (log_every_steps=1): the run stopped at the first non-finite loss,
+  # logged nothing from it on, and every logged loss before it is finite.
+  records = metrics_file.read_records(str(workdir))
+  losses = {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
+  assert sorted(losses) == list(range(1, stop)) and all(map(math.isfinite, losses.values()))
+  assert max(r['step'] for r in records) < stop
+  # The checkpoints before it are kept, all finite; nothing was saved from the divergence on.
+  kept = _checkpoint_steps(workdir)
+  assert kept and max(kept) < stop and kept == list(range(2, stop, 2))
+  _assert_finite_checkpoints(workdir)
+  # The analysis knows the run diverged (the report must not average it in as a seed).
+  run = analysis.load_run(str(workdir))
+  assert run.diverged and run.divergence['step'] == stop
+  assert analysis.runs_table([run])['diverged'].tolist() == [True]
+  # Started again, it stops at once with the same sentence instead of diverging again.
+  again = _run(workdir, env, '--config.optimizer.learning_rate=50')
+  assert again.returncode == exit_codes.DIVERGED and _last_line(again.stderr) == message
+  assert _checkpoint_steps(workdir) == kept
+
+
+def test_guard_checks_loss_and_penalty_and_off_lets_training_go_on():
+  guard.check({'train/loss': 1.0, 'regularizer/penalty': 2.0}, 3, 0.1)
+  with pytest.raises(guard.DivergedError, match='step 7: regularizer/penalty is inf at learning '
+                     'rate 0.1;'):
+    guard.check({'train/loss': 1.0, 'regularizer/penalty': math.inf}, 7, 0.1)
+  guard.check({'train/loss': math.nan}, 7, 0.1, mode='off')
+  with pytest.raises(ValueError, match=r"guard\.nonfinite='halt' is unknown"):
+    guard.validate_mode('halt')
+
+
+# 2. One process per workdir.
+
+def test_a_second_process_on_a_workdir_exits_at_once_and_a_restart_after_sigkill_resumes(
+    tmp_path, env, reference):
+  workdir = tmp_path / 'run'
+  first = _start(workdir, env)
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while 2 not in _checkpoint_steps(workdir):  # Its first checkpoint is committed.
+      assert first.poll() is None and time.time() < deadline, 'the first run ended early'
+      time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # Holds the lock, trains no further while we look.
+    logged = (workdir / 'metrics.jsonl').read_text()
+    start = time.time()
+    second = _run(workdir, env)
+    assert time.time() - start < 10
+    assert second.returncode == exit_codes.WORKDIR_BUSY, second.stderr[-3000:]
+    assert _last_line(second.stderr) == (
+        f"fisher_jax: workdir {str(workdir)!r} is in use by pid {first.pid} on host "
+        f"{os.uname().nodename} (one run per workdir); wait for it to end, or stop it, and "
+        'start again to resume.')
+    assert (workdir / 'metrics.jsonl').read_text() == logged  # The second wrote nothing.
+    assert workdir_lib.holder(str(workdir)) == f'pid {first.pid} on host {os.uname().nodename}'
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  assert workdir_lib.holder(str(workdir)) is None  # The OS released the dead holder's lock.
+  third = _run(workdir, env)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert 'Resumed from the checkpoint' in third.stderr
+  _assert_ends_like(workdir, reference)
+
+
+def test_the_workdir_lock_is_reentrant_in_a_process_and_exclusive_across(tmp_path):
+  with workdir_lib.WorkdirLock(str(tmp_path)) as outer:
+    outer.acquire()
+    with workdir_lib.WorkdirLock(str(tmp_path)) as inner:
+      inner.acquire()
+    assert workdir_lib.holder(str(tmp_path)) is not None  # Still held by `outer`.
+    other = subprocess.run(
+        [sys.executable, '-c', 'import sys; from fisher_jax import workdir as w\n'
+         f'try:\n  w.WorkdirLock({str(tmp_path)!r}).acquire()\n'
+         'except w.WorkdirBusyError as e:\n  sys.exit(str(e))'],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert f'is in use by pid {os.getpid()}' in other.stderr
+  assert workdir_lib.holder(str(tmp_path)) is None
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_made_is_one_sentence(default_config, tmp_path):
+  from fisher_jax import train  # pylint: disable=g-import-not-at-top
+  config = default_config
+  config.dataset.train_subset = 256
+  config.measure.num_examples = 64
+  file = tmp_path / 'file'
+  file.write_text('mine')
+  with pytest.raises(ValueError, match=r"--workdir '.*file' is a file, not a directory;"):
+    train.train_and_evaluate(config, str(file))
+  with pytest.raises(ValueError, match=r"cannot be made \(Not a directory\); choose a "):
+    train.train_and_evaluate(config, str(file / 'run'))
+  assert file.read_text() == 'mine'
+  config.measure.num_examples = 100000
+  with pytest.raises(ValueError, match=r'measure\.num_examples=100000 is larger than the '
+                     r'training set \(256 examples\); choose at most 256\.'):
+    train.train_and_evaluate(config, str(tmp_path / 'big'))
+  assert not (tmp_path / 'big').exists()
+
+
+# 3. Damaged checkpoints.
+
+def _largest_array_file(step_dir):
+  return max(glob.glob(os.path.join(step_dir, 'default', 'ocdbt.process_0', 'd', '*')),
+             key=os.path.getsize)
+
+
+def _damage(step_dir, kind):
+  data = _largest_array_file(step_dir)
+  if kind == 'truncated_array':
+    os.truncate(data, os.path.getsize(data) // 2)
+  elif kind == 'missing_metadata':
+    os.remove(os.path.join(step_dir, 'default', '_METADATA'))
+  elif kind == 'garbage_manifest':
+    with open(os.path.join(step_dir, 'default', 'manifest.ocdbt'), 'wb') as f:
+      f.write(random.Random(0).randbytes(300))
+  elif kind == 'nonfinite_array':  # 0xff bytes are NaNs as float32: it loads, as NaN.
+    with open(data, 'r+b') as f:
+      f.seek(os.path.getsize(data) // 2)
+      f.write(b'\xff' * 4096)
+
+
+_RESTART_ALL = '''
+import json, sys
+from conftest import load_config
+from fisher_jax import train
+config = load_config()
+for key, value in json.loads(sys.argv[1]).items():
+  node = config
+  *parents, last = key.split('.')
+  for part in parents:
+    node = node[part]
+  node[last] = value
+for workdir in sys.argv[2:]:
+  train.train_and_evaluate(config, workdir)
+'''
+
+
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, env, reference):
+  kinds = ('truncated_array', 'missing_metadata', 'garbage_manifest', 'nonfinite_array')
+  workdirs = []
+  for kind in kinds:
+    workdir = tmp_path / kind
+    shutil.copytree(reference, workdir)
+    _damage(str(workdir / 'checkpoints' / str(LAST_STEP)), kind)
+    workdirs.append(str(workdir))
+  # One process restarts the four runs one after the other (its imports are paid once).
+  result = subprocess.run([sys.executable, '-c', _RESTART_ALL, json.dumps(FIELDS), *workdirs],
+                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env=dict(env, PYTHONPATH=os.pathsep.join([REPO, f'{REPO}/tests'])))
+  assert result.returncode == 0, result.stderr[-3000:]
+  reports = [line for line in result.stderr.splitlines()
+             if f'The checkpoint at step {LAST_STEP} cannot be read (' in line]
+  assert len(reports) == len(kinds), result.stderr[-3000:]
+  assert 'non-finite' in reports[-1]
+  for workdir, report in zip(workdirs, reports):
+    moved = os.path.join(workdir, 'checkpoints_damaged', str(LAST_STEP))
+    assert report.endswith(f'it was moved to {moved} and the run resumes from the checkpoint '
+                           f'at step {LAST_STEP - 2}.')
+    assert os.path.isdir(moved)  # Moved aside, not deleted; a new one took its place.
+    assert _checkpoint_steps(workdir) == [2, 4, 6]
+    _assert_ends_like(workdir, reference)
+    _assert_finite_checkpoints(workdir)
+
+
+def test_no_readable_checkpoint_is_one_sentence_and_nothing_is_moved(tmp_path, env, reference):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference, workdir)
+  for step in _checkpoint_steps(workdir):
+    _damage(str(workdir / 'checkpoints' / str(step)), 'missing_metadata')
+  before = sorted(str(p) for p in workdir.rglob('*'))
+  result = _run(workdir, env)
+  assert result.returncode == exit_codes.ERROR
+  message = _last_line(result.stderr)
+  assert message.startswith(f'fisher_jax: no checkpoint in {workdir / "checkpoints"} can be '
+                            'read (step 6: ') and 'step 2: ' in message, result.stderr[-3000:]
+  assert message.endswith('nothing was moved or deleted: repair them, or move them away to '
+                          'train from scratch.')
+  assert sorted(str(p) for p in workdir.rglob('*')) == before
+
+
+def test_checkpoints_keep_the_latest_and_the_best_and_never_a_nonfinite_state(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'c'), keep=2, best_metric='val/accuracy')
+  for step, accuracy in enumerate([0.1, 0.9, 0.2, 0.3, 0.4, 0.5], start=1):
+    ckpt.save(step, {'w': np.full(3, float(step))}, metrics={'val/accuracy': accuracy})
+    ckpt.wait()
+  with pytest.raises(checkpoint.NonFiniteStateError):
+    ckpt.save(7, {'w': np.array([1.0, np.nan, 0.0])}, metrics={'val/accuracy': 1.0})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 5, 6] and ckpt.best_step() == 2
+  step, state = ckpt.restore_latest({'w': np.zeros(3)})
+  assert step == 6 and state['w'].tolist() == [6.0] * 3
+  ckpt.close()
+
+
+# 4. SIGKILL anywhere.
+
+def _wait_for(condition, process, timeout=TIMEOUT_S):
+  deadline = time.time() + timeout
+  while not condition():
+    if process.poll() is not None or time.time() > deadline:
+      return False
+    time.sleep(0.01)
+  return True
+
+
+def _saving(workdir):
+  return any('.orbax-checkpoint-tmp' in d
+             for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+             ) if os.path.isdir(os.path.join(workdir, 'checkpoints')) else False
+
+
+def _kill_points(seed):
+  """Seeded kill points (trigger, argument), one per start of a run, without end."""
+  rng = random.Random(seed)
+  yield ('startup', rng.uniform(0.2, 4.0))  # Before or during the imports.
+  yield ('step', 0)  # After the step-0 record, before the first checkpoint.
+  yield ('save', None)  # During the first save.
+  yield ('startup', rng.uniform(4.0, 9.0))  # Typically in the restore or the compiles.
+  while True:  # Mid-epoch (odd steps), at an epoch end, or during a save.
+    yield rng.choice([('step', rng.randrange(1, 3)), ('save', None)])
+
+
+def _kill(process, workdir, trigger, argument) -> bool:
+  """SIGKILLs `process` at its kill point; whether the point was reached first."""
+  if trigger == 'startup':
+    fired = not _wait_for(lambda: False, process, timeout=argument)
+  elif trigger == 'step':  # The argument-th step after the last one logged before the start.
+    before = max(_steps(workdir), default=-1)
+    target = min(before + argument if before >= 0 else argument, LAST_STEP)
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    started = time.time()
+    fired = _wait_for(lambda: os.path.exists(metrics) and os.path.getmtime(metrics) > started
+                      and target in _steps(workdir), process)
+  else:
+    fired = _wait_for(lambda: _saving(workdir), process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  return fired and process.returncode == -signal.SIGKILL
+
+
+def test_sigkill_anywhere_and_restart_ends_like_an_uninterrupted_run(tmp_path, env, reference):
+  """At least 10 kills (seeded points), each run restarted to its end after them."""
+  points = _kill_points(seed=15)
+  kills, chains = [], [str(tmp_path / 'run0')]
+  while len(kills) < 10:
+    workdir = chains[-1]
+    trigger, argument = next(points)
+    process = _start(workdir, env)
+    if _kill(process, workdir, trigger, argument):
+      kills.append((os.path.basename(workdir), trigger, argument,
+                    max(_steps(workdir), default=None)))
+      if len(kills) == 5 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+        with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+          f.write('{"step": 99, "epoch": 49.5, "train/lo')  # A torn write, repaired on resume.
+    elif process.returncode == 0:  # It ended before the point: go on with a fresh run.
+      chains.append(str(tmp_path / f'run{len(chains)}'))
+    assert len(kills) + len(chains) < 20, kills
+  print('kills (run, trigger, argument, last logged step):', kills)
+  for workdir in chains:
+    final = _run(workdir, env)
+    assert final.returncode == 0, final.stderr[-3000:]
+    _assert_ends_like(workdir, reference)
+
+
+# 5. The sweep runner's children die with it.
+
+_SWEEP = '''
+import sys
+sys.path.insert(0, {repo!r})
+from experiments import run, sweeps
+tiny = {fields!r}
+jobs = [run.make_job('tiny', sweeps.Run(name, 'configs/default.py', tiny + (('seed', seed),)),
+                     {root!r}) for seed, name in enumerate(('first', 'second'))]
+sys.exit(run.execute(jobs, workers=1, root={root!r}))
+'''
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(') ')[-1][0] != 'Z'  # A zombie is dead, waiting to be reaped.
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
+def test_sigkill_of_the_sweep_runner_kills_its_runs_and_a_restart_finishes_each_once(
+    tmp_path, env):
+  root = tmp_path / 'root'
+  script = tmp_path / 'sweep.py'
+  script.write_text(_SWEEP.format(repo=REPO, root=str(root), fields=tuple(FIELDS.items())))
+  workdirs = [root / 'tiny' / name for name in ('first', 'second')]
+  runner = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + TIMEOUT_S
+  while not (workdir_lib.holder(str(workdirs[0])) and _steps(workdirs[0])):  # It trains.
+    assert runner.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  child = int(workdir_lib.holder(str(workdirs[0])).split()[1])
+  runner.send_signal(signal.SIGKILL)
+  runner.wait()
+  deadline = time.time() + 10
+  while _alive(child) and time.time() < deadline:
+    time.sleep(0.05)
+  assert not _alive(child), 'the run outlived the runner'
+  assert not os.path.exists(workdirs[0] / 'runner_done.json') and not workdirs[1].exists()
+
+  again = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT_S)
+  assert again.returncode == 0, again.stdout[-3000:]
+  assert 'done    tiny/first' in again.stdout and 'done    tiny/second' in again.stdout
+  for w, starts in zip(workdirs, (2, 1)):
+    assert _steps(w) == list(range(LAST_STEP + 1)), w  # Each logged step once.
+    assert (w / 'runner.log').read_text().count('\n$ ') == starts
+    assert json.load(open(w / 'runner_done.json'))['result'] == 'done'
+
+
+def test_the_runner_records_diverged_runs_and_never_starts_a_held_workdir(tmp_path):
+  from experiments import run as runner  # pylint: disable=g-import-not-at-top
+  diverges = runner.Job('s/lr', str(tmp_path / 's' / 'lr'),
+                        ('-c', f'import sys; sys.exit({exit_codes.DIVERGED})'))
+  after = runner.Job('s/after', str(tmp_path / 's' / 'after'), ('-c', 'pass'), ('s/lr',))
+  held = runner.Job('s/held', str(tmp_path / 's' / 'held'), ('-c', 'pass'))
+  messages = []
+  with workdir_lib.WorkdirLock(held.workdir) as lock:
+    lock.acquire()
+    def release_later(message):
+      messages.append(message)
+      if message.startswith('wait    s/held'):
+        lock.release()  # The holder ends: the runner may start it now.
+
+    status = runner.run_jobs([diverges, after, held], log=release_later, poll_s=0.05)
+  assert status == {'s/lr': 'diverged', 's/after': 'blocked', 's/held': 'done'}
+  assert any(m.startswith(f'wait    s/held: its workdir is in use by pid {os.getpid()}')
+             for m in messages)
+  assert runner.run_jobs([diverges], log=messages.append) == {'s/lr': 'diverged'}
+  assert messages[-1] == 'skip    s/lr (diverged)'
+
+
+# 6. metrics.jsonl: strict JSON, a torn last line, nothing else skipped.
+
+def test_metrics_are_strict_json_and_a_torn_last_line_is_skipped_and_repaired(tmp_path):
+  lines = [metrics_file.format_record(s, s / 2, {'train/loss': v})
+           for s, v in enumerate([0.5, math.nan, math.inf, -math.inf])]
+  def strict(constant):
+    raise AssertionError(f'not strict JSON: {constant}')
+  assert [json.loads(line, parse_constant=strict)['train/loss'] for line in lines] == [
+      0.5, 'NaN', 'Infinity', '-Infinity']
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text(''.join(lines) + lines[0][:17])  # A crash tore the last write.
+  records = metrics_file.read_records(str(tmp_path))
+  assert [r['step'] for r in records] == [0, 1, 2, 3]
+  assert math.isnan(records[1]['train/loss']) and records[2]['train/loss'] == math.inf
+  frame = analysis.read_metrics(str(tmp_path))
+  assert frame['step'].tolist() == [0, 1, 2, 3] and frame['train/loss'].iloc[3] == -math.inf
+  metrics_file.prepare_for_resume(str(tmp_path), 2)  # Resumed from the checkpoint at step 2.
+  assert path.read_text() == ''.join(lines[:3])
+  metrics_file.prepare_for_resume(str(tmp_path), None)  # Started from scratch.
+  assert path.read_text() == ''
+  path.write_text(lines[0] + lines[1][:10] + '\n' + lines[2])  # Damage before the last line.
+  with pytest.raises(ValueError, match=r'metrics\.jsonl line 2 is not JSON'):
+    analysis.read_metrics(str(tmp_path))
+
+
+def test_the_metrics_file_has_one_record_per_logged_step_without_speed_reports(tmp_path):
+  from fisher_jax import writers  # pylint: disable=g-import-not-at-top
+  writer = writers.JsonlWriter(str(tmp_path), steps_per_epoch=2)
+  writer.write_scalars(4, {'train/loss': 0.25, 'test/accuracy': 0.5})
+  writer.write_scalars(4, {'steps_per_sec': 3.0, 'uptime': 9.0})  # clu's ReportProgress.
+  writer.write_scalars(4, {'perf/steps_per_sec': 3.0})
+  writer.close()
+  assert metrics_file.read_records(str(tmp_path)) == [
+      {'step': 4, 'epoch': 2.0, 'train/loss': 0.25, 'test/accuracy': 0.5}]

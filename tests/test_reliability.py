@@ -132,14 +132,16 @@ def test_a_diverging_run_stops_at_once_keeps_its_finite_checkpoints_and_says_so(
   assert _checkpoint_steps(workdir) == kept
 
 
-def test_guard_checks_loss_and_penalty_and_off_lets_training_go_on():
+def test_guard_checks_loss_and_penalty_and_off_lets_training_go_on(default_config):
   guard.check({'train/loss': 1.0, 'regularizer/penalty': 2.0}, 3, 0.1)
   with pytest.raises(guard.DivergedError, match='step 7: regularizer/penalty is inf at learning '
                      'rate 0.1;'):
     guard.check({'train/loss': 1.0, 'regularizer/penalty': math.inf}, 7, 0.1)
   guard.check({'train/loss': math.nan}, 7, 0.1, mode='off')
+  from fisher_jax import settings  # pylint: disable=g-import-not-at-top
+  default_config.guard.nonfinite = 'halt'
   with pytest.raises(ValueError, match=r"guard\.nonfinite='halt' is unknown"):
-    guard.validate_mode('halt')
+    settings.read(default_config)
 
 
 # 2. One process per workdir.

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -227,10 +228,30 @@ def _damage(step_dir, kind):
   elif kind == 'garbage_manifest':
     with open(os.path.join(step_dir, 'default', 'manifest.ocdbt'), 'wb') as f:
       f.write(random.Random(0).randbytes(300))
-  elif kind == 'nonfinite_array':  # 0xff bytes are NaNs as float32: it loads, as NaN.
-    with open(data, 'r+b') as f:
-      f.seek(os.path.getsize(data) // 2)
-      f.write(b'\xff' * 4096)
+  elif kind == 'nonfinite_array':
+    _write_nans_into(step_dir)
+
+
+def _write_nans_into(step_dir):
+  """Rewrites the arrays of checkpoint `step_dir` with 1024 NaNs in its largest parameter, as
+  garbage that decodes does: the files are well-formed and load, as non-finite values.
+
+  (The chunks are compressed, so garbage bytes written into a file either fail to decode or,
+  by chance, decode to NaN or to finite garbage; orbax itself writes the NaNs here.)
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  item = os.path.join(step_dir, 'default')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  checkpointer = ocp.StandardCheckpointer()
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(item).item_metadata.tree)
+  tree = jax.tree.map(np.array, jax.device_get(checkpointer.restore(item, abstract)))
+  largest = max(jax.tree.leaves(tree['params']), key=np.size)
+  largest.reshape(-1)[:1024] = np.nan
+  checkpointer.save(os.path.abspath(item + '.nan'), tree)
+  checkpointer.wait_until_finished()
+  shutil.rmtree(item)
+  os.rename(item + '.nan', item)
 
 
 _RESTART_ALL = '''

@@ -112,7 +112,7 @@ def validate_name(name: str) -> str:
       _warned.add(name)
       warnings.warn(f'regularizer.name={name!r} is deprecated; it is the per-example Fisher '
                     f'penalty, now named {new!r} (set regularizer.name={new!r}).',
-                    DeprecationWarning, stacklevel=2)
+                    FutureWarning, stacklevel=2)  # FutureWarning: shown to users by default.
     return new
   if name not in NAMES:
     raise ValueError(f'regularizer.name={name!r} is unknown; choose one of {list(NAMES)}.')

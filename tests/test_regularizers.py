@@ -194,7 +194,7 @@ def test_fp_exact_is_a_deprecated_alias_of_fp_per_example_that_warns_once(x64):
   logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(1)
   regularizers._warned.clear()  # pylint: disable=protected-access
-  with pytest.warns(DeprecationWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):
+  with pytest.warns(FutureWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):
     old = regularizers.penalty('fp_exact', logits_fn, params, inputs, labels, rng=rng)
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # The second use does not warn again.

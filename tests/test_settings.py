@@ -35,7 +35,7 @@ def test_a_missing_field_is_an_error_naming_it_not_a_default_in_code(default_con
 def test_a_deprecated_regularizer_name_is_read_as_its_new_name(default_config):
   default_config.regularizer.name = 'fp_exact'
   with warnings.catch_warnings():
-    warnings.simplefilter('ignore', DeprecationWarning)  # Its warning: test_regularizers.
+    warnings.simplefilter('ignore', FutureWarning)  # Its warning: test_regularizers.
     assert settings.read(default_config).regularizer.name == 'fp_per_example'
 
 

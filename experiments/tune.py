@@ -338,7 +338,9 @@ class Worker:
 
   def objective(self, trial) -> float:
     import optuna  # pylint: disable=g-import-not-at-top
+    from fisher_jax import guard  # pylint: disable=g-import-not-at-top
     from fisher_jax import train  # pylint: disable=g-import-not-at-top
+    from fisher_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     study = trial.study
     ahead = [t for t in study.get_trials(deepcopy=False)
              if t.number < trial.number and t.state.name in _COUNTED]
@@ -357,9 +359,12 @@ class Worker:
         f'--config.{k}={v}' for k, v in overrides.items()]))
     reporter = _EpochReporter(trial, workdir, json.loads(config.to_json()))
     start = time.monotonic()
+    diverged = None
     try:
       train.train_and_evaluate(config, workdir, on_epoch=reporter)
-    except ValueError as error:
+    except guard.DivergedError as error:  # A result: this setting diverges.
+      diverged = error
+    except (ValueError, workdir_lib.WorkdirBusyError) as error:
       raise TrialError(f'trial {trial.number} ({workdir}): {error}') from error
     frame = reporter.report()
     last = float(frame['epoch'].max()) if len(frame) else 0.0
@@ -369,6 +374,10 @@ class Worker:
     trial.set_user_attr('wall_s', round(time.monotonic() - start, 2))
     for key, value in best_epoch(frame).items():
       trial.set_user_attr(key, value)
+    if diverged is not None:
+      trial.set_user_attr('diverged', True)
+      trial.set_user_attr('divergence', str(diverged))
+      raise optuna.TrialPruned(f'diverged: {diverged}')
     if reporter.pruned_at is not None:
       raise optuna.TrialPruned(f'pruned at epoch {reporter.pruned_at}')
     best = best_epoch(frame)

@@ -144,6 +144,22 @@ def test_a_space_field_the_config_lacks_is_refused_with_its_name(default_config)
     tune.with_overrides(default_config, {'optimizer.lr': 0.1})
 
 
+def test_a_diverged_run_is_a_pruned_trial_saying_so_not_an_error(tmp_path, default_config):
+  config = tune.with_overrides(default_config, {
+      'model.name': 'mlp', 'num_epochs': 2, 'batch_size': 32, 'dataset.train_subset': 64,
+      'measure.num_examples': 32})
+
+  def space(trial):  # lr 1e4: the loss is NaN by the end of epoch 2.
+    return {'optimizer.learning_rate': trial.suggest_float('optimizer.learning_rate', 1e4, 1e4)}
+
+  study = optuna.create_study(direction='maximize', pruner=tune.make_pruner('median'))
+  tune.run_worker(study, tune.Worker(config, space, str(tmp_path), 1, log=lambda line: None), 1)
+  diverged, = study.trials
+  assert diverged.state.name == 'PRUNED' and diverged.user_attrs['diverged'], diverged
+  assert 'diverged at step' in diverged.user_attrs['divergence']
+  assert tune.summarize(study)['diverged'] == 1 and tune.study_is_full(study, 1)
+
+
 # --- Two worker processes on one study, one killed mid-trial. ----------------------------------
 
 _TINY = ['--config', 'configs/default.py', '--space', 'lr', '--pruner', 'none',

@@ -23,13 +23,14 @@ except ImportError as missing_extra:
 
 from absl import app
 from absl import flags
-from absl import logging
+import jax
 from ml_collections import config_flags
 
 from fisher_jax import config_files
 from fisher_jax import exit_codes
 from fisher_jax import guard
 from fisher_jax import parallel
+from fisher_jax import quiet
 from fisher_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -49,6 +50,9 @@ flags.DEFINE_integer('process_id', None,
                      f'This process, in [0, num_processes) (or ${parallel.ENV_PROCESS_ID}).')
 flags.DEFINE_integer('distributed_timeout', 300,
                      'Seconds to wait for every process to connect before failing.')
+flags.DEFINE_bool('verbose', False,
+                  'Show the INFO logs of TensorFlow, TFDS, XLA, JAX, orbax and absl (hidden by '
+                  'default: the console shows one line per epoch).')
 
 
 def _override_fields(argv):
@@ -111,16 +115,10 @@ def _parse_flags(argv):
     sys.exit(f'fisher_jax: {_config_flag_problem(argv, error)}')
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps orbax's per-save INFO chatter off the console (its warnings still show)."""
-  return record.levelno >= logging.converter.STANDARD_WARNING or 'orbax' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  quiet.quiet_libraries(FLAGS.verbose)
   try:
     # Before any other JAX call: afterwards jax.devices() spans every process.
     distributed = parallel.initialize_distributed(
@@ -133,8 +131,12 @@ def main(argv):
   with workdir_lib.WorkdirLock(FLAGS.workdir) as lock:
     if not distributed:
       _lock_early(lock)
-    from fisher_jax import data  # pylint: disable=g-import-not-at-top
-    from fisher_jax import train  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      print(f'fisher_jax: starting in {FLAGS.workdir} (loading TensorFlow and the data, '
+            'building the model; then compiling)', flush=True)
+    with quiet.native_stderr_closed(not FLAGS.verbose):
+      from fisher_jax import data  # pylint: disable=g-import-not-at-top
+      from fisher_jax import train  # pylint: disable=g-import-not-at-top
     try:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, data.DatasetNotPreparedError) as error:

@@ -29,6 +29,7 @@ import numpy as np
 from fisher_jax import cadence
 from fisher_jax import checkpoint
 from fisher_jax import config_files
+from fisher_jax import console
 from fisher_jax import data
 from fisher_jax import guard
 from fisher_jax import metrics_file
@@ -277,15 +278,18 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
                                  best_metric='val/accuracy' if inp.has_split('val') else None)
   cleanup.callback(ckpt.close)
   start_step, restored = ckpt.restore_latest(state)
+  screen = console.Console(num_epochs=run.num_epochs, steps_per_epoch=steps_per_epoch,
+                           start_step=start_step, enabled=is_writer)
   if start_step:
     state = restored
-    logging.info('Resumed from the checkpoint at step %d.', start_step)
+    screen.note(f'Resumed from the checkpoint at step {start_step} '
+                f'(epoch {start_step // steps_per_epoch}).')
   elif initial is not None:
     state = initial
   if is_writer:  # Drops what was logged after the checkpoint (all of it from scratch).
     metrics_file.prepare_for_resume(workdir, start_step or None)
 
-  writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index())
+  writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index(), console=screen)
   cleanup.callback(writer.close)
   cleanup.callback(writer.flush)
   learning_rate = optim.make_schedule(run.optimizer, steps_per_epoch, run.num_epochs)
@@ -304,12 +308,14 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
                                mesh=mesh, rng=measure_rng)
   eval_splits = [s for s in data.EVAL_SPLITS if inp.has_split(s)]
 
+  screen.note(console.describe_run(run, inp, state.params, mesh.size))
+  screen.note('Compiling the training step (the first steps are slow) ...')
   if start_step == 0:
     writer.write_hparams(config_files.flat_fields(_config_dict(config)))
     if run.measure.every_epochs or run.measure.every_steps:
       writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
-  # Console progress from process 0 only (the others' writers discard, but it also logs).
-  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
+  # Speed and uptime, as perf/* in TensorBoard (not in metrics.jsonl), from process 0.
+  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer.perf,
                                            every_secs=30.0) if is_writer else lambda step: None
   train_sums, train_count = None, 0
   latest: Dict[str, float] = {}
@@ -320,13 +326,15 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
     train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
     train_count += 1
     report(step)
+    screen.advance(step)
     due = _due(run, step, steps_per_epoch)
     record: Dict[str, Any] = {}
     if 'log' in due:
       record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
                      float(v) / train_count for k, v in jax.device_get(train_sums).items()})
+      record['train/learning_rate'] = float(learning_rate(step - 1))  # The latest update's.
       train_sums, train_count = None, 0
-      guard.check(record, step, float(learning_rate(step - 1)), run.guard_nonfinite)
+      guard.check(record, step, record['train/learning_rate'], run.guard_nonfinite)
     if 'fisher' in due:
       record.update(measurements.fisher(state))
     if 'hessian' in due:
@@ -349,4 +357,6 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
         logging.warning('The state at step %d is non-finite: its checkpoint is not saved.', step)
     if on_epoch is not None and 'epoch_end' in due and on_epoch(step // steps_per_epoch):
       break
+
+  screen.finish(writers.read_metrics(workdir) if is_writer else [], workdir)
   return latest

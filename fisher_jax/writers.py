@@ -1,13 +1,14 @@
-"""Metric writers: TensorBoard and console (clu) plus the run's `metrics.jsonl`.
+"""Metric writers: TensorBoard (clu), the run's `metrics.jsonl` and the console.
 
 `metrics.jsonl` holds one JSON object per logged point, `{"step", "epoch", <metric>: value}`
 (its format, crash tolerance and repair: `metrics_file`); analysis code reads only it and
-`config.json`. Only process 0 writes files; the other processes get a writer that discards
-everything.
+`config.json`. Speed and uptime (clu's `ReportProgress`) go to TensorBoard only, as
+`perf/steps_per_sec` and `perf/uptime`, through the run writer's `perf`. Only process 0 writes
+files; the other processes get a writer that discards everything.
 """
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from fisher_jax import _extras
 
@@ -20,28 +21,14 @@ from fisher_jax import metrics_file
 
 METRICS_FILE = metrics_file.METRICS_FILE
 read_metrics = metrics_file.read_records
+PERF_PREFIX = 'perf/'
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
-
-  Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}` (strict JSON, see
-  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported. Only
-  analysis metrics go in (`metrics_file.is_metric`): clu's steps_per_sec/uptime reports and
-  perf/* stay in TensorBoard, so each logged step has one record.
-  """
-
-  def __init__(self, workdir: str, steps_per_epoch: int):
-    self._steps_per_epoch = steps_per_epoch
-    self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+class ScalarsOnlyWriter(metric_writers.MetricWriter):
+  """A MetricWriter that keeps scalars (`write_scalars`) and drops every other kind."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    metrics = {k: float(np.asarray(v)) for k, v in scalars.items() if metrics_file.is_metric(k)}
-    if not metrics:  # Speed and uptime (TensorBoard only): one record per logged step.
-      return
-    self._file.write(metrics_file.format_record(step, int(step) / self._steps_per_epoch,
-                                                metrics))
-    self._file.flush()
+    raise NotImplementedError
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata
@@ -65,16 +52,68 @@ class JsonlWriter(metric_writers.MetricWriter):
     del hparams
 
   def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class JsonlWriter(ScalarsOnlyWriter):
+  """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
+
+  Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}` (strict JSON, see
+  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported. Only
+  analysis metrics go in (`metrics_file.is_metric`): clu's steps_per_sec/uptime reports and
+  perf/* stay in TensorBoard, so each logged step has one record.
+  """
+
+  def __init__(self, workdir: str, steps_per_epoch: int):
+    self._steps_per_epoch = steps_per_epoch
+    self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    metrics = {k: float(np.asarray(v)) for k, v in scalars.items() if metrics_file.is_metric(k)}
+    if not metrics:  # Speed and uptime (TensorBoard only): one record per logged step.
+      return
+    self._file.write(metrics_file.format_record(step, int(step) / self._steps_per_epoch,
+                                                metrics))
+    self._file.flush()
+
+  def flush(self):
     self._file.flush()
 
   def close(self):
     self._file.close()
 
 
-def create_writer(workdir: str, steps_per_epoch: int,
-                  process_index: int = 0) -> metric_writers.MetricWriter:
-  """TensorBoard events + console logging + metrics.jsonl on process 0; nothing elsewhere."""
+class _PerfWriter(ScalarsOnlyWriter):
+  """Writes scalars to TensorBoard only, under perf/ ('steps_per_sec' -> 'perf/steps_per_sec')."""
+
+  def __init__(self, tensorboard: metric_writers.MetricWriter):
+    self._tensorboard = tensorboard
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    self._tensorboard.write_scalars(step, {
+        k if k.startswith(PERF_PREFIX) else PERF_PREFIX + k: v for k, v in scalars.items()})
+
+
+class RunWriter(metric_writers.MultiWriter):
+  """A run's metrics (TensorBoard, metrics.jsonl, console); `perf`: speed for TensorBoard only.
+
+  Pass `perf` to `clu.periodic_actions.ReportProgress(writer=...)`.
+  """
+
+  def __init__(self, writers, perf: metric_writers.MetricWriter):
+    super().__init__(writers)
+    self.perf = perf
+
+
+def create_writer(workdir: str, steps_per_epoch: int, process_index: int = 0,
+                  console: Optional[metric_writers.MetricWriter] = None) -> RunWriter:
+  """TensorBoard events + metrics.jsonl (+ `console`) on process 0; nothing elsewhere."""
   if process_index != 0:
-    return metric_writers.MultiWriter([])
-  default = metric_writers.create_default_writer(workdir, asynchronous=False)
-  return metric_writers.MultiWriter([default, JsonlWriter(workdir, steps_per_epoch)])
+    return RunWriter([], perf=metric_writers.MultiWriter([]))
+  tensorboard = metric_writers.SummaryWriter(workdir)
+  writers = [tensorboard, JsonlWriter(workdir, steps_per_epoch)]
+  return RunWriter(writers + ([console] if console is not None else []),
+                   perf=_PerfWriter(tensorboard))

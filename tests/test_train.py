@@ -137,7 +137,7 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
 
   resumed = _run_cli(workdir, *overrides)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'Resumed from the checkpoint' in resumed.stderr
+  assert 'Resumed from the checkpoint' in resumed.stdout
   records = writers.read_metrics(str(workdir))
   steps = [r['step'] for r in records if 'test/accuracy' in r]
   assert steps == [spe, 2 * spe, 3 * spe, 4 * spe]  # Each epoch logged once: no duplicates after the resume.

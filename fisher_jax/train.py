@@ -44,9 +44,10 @@ from fisher_jax import writers
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
-# Keys that may change when a run is resumed: they do not alter the trajectory.
+# Keys that may change when a run is resumed: they do not alter the trajectory (num_epochs only
+# where the learning-rate schedule does not depend on it, see _check_workdir).
 RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps', 'checkpoint_keep',
-                    'guard.nonfinite')
+                    'guard.nonfinite', 'num_epochs')
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -87,6 +88,11 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
     details = ', '.join(f'{k} ({old.get(k)!r} there, {new.get(k)!r} now)' for k in differing)
     raise ValueError(f'workdir {workdir!r} holds a run with a different config: {details}; '
                      'choose another --workdir or rerun with the same config to resume.')
+  if old.get('num_epochs') != new['num_epochs'] and old.get('optimizer.schedule') == 'cosine':
+    raise ValueError(f"num_epochs={new['num_epochs']} differs from the {old['num_epochs']} of "
+                     f"the run in workdir {workdir!r}, whose optimizer.schedule='cosine' ends "
+                     'there, so its past steps would change; choose another --workdir '
+                     '(init_from can start it from this run).')
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict):
@@ -271,13 +277,18 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   divergence = guard.read_divergence(workdir)
   if divergence and run.guard_nonfinite == 'stop':
     raise guard.DivergedError(divergence)  # Training it again would diverge again.
-  if is_writer and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    _write_config(workdir, config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                  keep=run.checkpoint_keep,
                                  best_metric='val/accuracy' if inp.has_split('val') else None)
   cleanup.callback(ckpt.close)
   start_step, restored = ckpt.restore_latest(state)
+  if start_step > last_step:
+    done = start_step // steps_per_epoch
+    raise ValueError(f'num_epochs={run.num_epochs} is below the {done} epochs the run in '
+                     f'workdir {workdir!r} has done; pass --config.num_epochs={done} or more to '
+                     'continue it.')
+  if is_writer:  # A resumed run's too: a resumable field (num_epochs) may have changed.
+    _write_config(workdir, config)
   screen = console.Console(num_epochs=run.num_epochs, steps_per_epoch=steps_per_epoch,
                            start_step=start_step, enabled=is_writer)
   if start_step:

@@ -174,7 +174,7 @@ def test_a_second_process_on_a_workdir_exits_at_once_and_a_restart_after_sigkill
   assert workdir_lib.holder(str(workdir)) is None  # The OS released the dead holder's lock.
   third = _run(workdir, env)
   assert third.returncode == 0, third.stderr[-3000:]
-  assert 'Resumed from the checkpoint' in third.stderr
+  assert 'Resumed from the checkpoint' in third.stdout
   _assert_ends_like(workdir, reference)
 
 

@@ -253,6 +253,15 @@ def _sensitivity(runs: Sequence[analysis.Run]) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
+def _at_init(runs: Sequence[analysis.Run]) -> str:
+  """How many runs' primary Tr(F_i) is their step-0 (initialization) value."""
+  used = [r for r in claims.unique_runs(runs) if r.has(summaries.FISHER)]
+  at_init = [r for r in used if summaries.early_value(r, PRIMARY) ==
+             float(r.series(summaries.FISHER).value.iloc[0])]
+  return (f'In {len(at_init)} of {len(used)} finished runs the primary Tr(F_i) is the value at '
+          'step 0 (the initialization, before any update).')
+
+
 def _experiment_section(name: str, runs, every, out: str) -> List[str]:
   number, title, caption = EXPERIMENTS[name]
   lines = [f'### {number}. {title} (`{name}`, {len(runs)} runs)', '']
@@ -310,7 +319,7 @@ def write_report(root: str, out: str, command: Optional[str] = None) -> str:
       r.table.to_csv(os.path.join(out, f'claim_{r.key}.csv'), index=False)
   lines += ['### Sensitivity to the definition of Tr(F_i)', '',
             'Each cell: effect [95% CI] and what it would give as a verdict; only the primary '
-            'row decides.', '', markdown_table(_sensitivity(runs)), '']
+            'row decides.', '', markdown_table(_sensitivity(runs)), '', _at_init(runs), '']
   lines += _validation_check(runs)
   table = regularizer_table(runs)
   if len(table):

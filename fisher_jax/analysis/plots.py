@@ -59,6 +59,9 @@ Derived = Dict[str, Callable[[pd.DataFrame], pd.Series]]
 # Fixed colours: the tuned and the small learning rate look the same in every figure.
 COLORS = {'tuned_lr': '#1f77b4', 'small_lr': '#d62728', 'fp': '#2ca02c', 'gpx': '#9467bd',
           'gp': '#ff7f0e', 'gpr': '#8c564b', 'none': '#7f7f7f'}
+# Colours of other variants: never the tuned lr's blue or the small lr's red.
+_PALETTE = ('#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22',
+            '#7f7f7f')
 _UNITS = {'train/accuracy': 'accuracy (fraction)', 'val/accuracy': 'accuracy (fraction)',
           'test/accuracy': 'accuracy (fraction)', FISHER: 'Tr(F) (sum over parameters)',
           FISHER_BATCH: 'Tr(F_B)', GRAD_NORM: 'gradient norm (L2)', HESSIAN: 'Tr(H)'}
@@ -68,7 +71,7 @@ def color_of(variant: str, index: int = 0) -> str:
   """The colour of a variant: fixed for the known ones (tuned/small lr, penalties; a momentum
   variant has its plain variant's colour and a dashed line)."""
   key = variant.replace('_momentum', '').split(' ')[0]
-  return COLORS.get(variant, COLORS.get(key, f'C{(index + 4) % 10}'))
+  return COLORS.get(variant, COLORS.get(key, _PALETTE[index % len(_PALETTE)]))
 
 
 def _plain_log_ticks(ax, axis: str = 'both') -> None:
@@ -102,9 +105,8 @@ def _shared_legend(fig: Figure, axes) -> None:
         handles[l] = h
         labels.append(l)
   if labels:
-    fig.legend([handles[l] for l in labels], labels, loc='lower center',
-               ncol=min(len(labels), 6), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.subplots_adjust(bottom=0.2)
+    fig.legend([handles[l] for l in labels], labels, loc='upper center',
+               ncol=min(len(labels), 4), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
 def _title(metric: str) -> str:

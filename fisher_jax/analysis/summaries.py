@@ -202,8 +202,8 @@ def diverged(run: Run) -> bool:
   (NaN or infinite; a NaN loss is stored as NaN, like a missing value, so the loss is read at
   the points that logged the accuracy)."""
   flag = getattr(run, 'diverged', None)
-  if flag is not None and not callable(flag):
-    return bool(flag)
+  if flag is not None and not callable(flag) and bool(flag):
+    return True  # the divergence guard's record; otherwise the losses decide
   for split in ('train', 'val'):
     loss, accuracy = f'{split}/loss', f'{split}/accuracy'
     if loss in run.metrics and accuracy in run.metrics:

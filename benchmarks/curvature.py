@@ -4,7 +4,7 @@ SimpleCNN on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted a
 the timed calls are interleaved over rounds (so background load hits all of them alike) and
 each cost is the median over rounds divided by the median of the mean-loss gradient.
 
-  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--new_only]
+  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--new_only] [--unroll]
 
 The second-part rows (per-leaf Tr(F), the Fisher diagonal, fisher_vp, Lanczos, SLQ) are also
 shown per HVP where the goal is in HVPs; `--new_only` times only them and the baseline (and the
@@ -60,8 +60,9 @@ def _second_part_cases(logits_fn, loss_of, args):
   """The rows of the curvature API's second part (see docs/curvature.md), and for the rows
   whose goal is stated in HVPs, their number of HVPs."""
   k, m, n = args.lanczos_k, args.iterations, args.slq_probes
-  lanczos = f'top_eigenpairs k={k}, {m} iterations (Hessian)'
-  slq = f'spectral_density {n} probes x {m} iterations (Hessian)'
+  unrolled = ', unrolled' if args.unroll else ''
+  lanczos = f'top_eigenpairs k={k}, {m} iterations (Hessian{unrolled})'
+  slq = f'spectral_density {n} probes x {m} iterations (Hessian{unrolled})'
   cases = {
       "fisher_trace 'sampled' per_leaf": (
           lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
@@ -73,11 +74,12 @@ def _second_part_cases(logits_fn, loss_of, args):
           lambda p, x, y, r, v: curvature.fisher_vp(logits_fn, p, x, v), 1),
       lanczos: (
           lambda p, x, y, r, v: curvature.top_eigenpairs(
-              curvature.make_hvp(loss_of(x, y), p), p, k=k, rng=r, num_iterations=m), 1),
+              curvature.make_hvp(loss_of(x, y), p), p, k=k, rng=r, num_iterations=m,
+              unroll=args.unroll), 1),
       slq: (
           lambda p, x, y, r, v: curvature.spectral_density(
               curvature.make_hvp(loss_of(x, y), p), p, rng=r, num_probes=n,
-              num_iterations=m), 1),
+              num_iterations=m, unroll=args.unroll), 1),
   }
   return cases, {lanczos: m, slq: n * m}
 
@@ -95,6 +97,8 @@ def main():
   parser.add_argument('--lanczos_k', type=int, default=10)
   parser.add_argument('--iterations', type=int, default=30)
   parser.add_argument('--slq_probes', type=int, default=4)
+  parser.add_argument('--unroll', action='store_true',
+                      help='Lanczos and SLQ with their steps unrolled (no fori_loop)')
   args = parser.parse_args()
 
   model = get_model('simple_cnn', num_classes=10)

@@ -235,17 +235,20 @@ def make_eigen_fn(model: nn.Module, *, k: int, num_iterations: int) -> Callable:
       the mean cross-entropy, 1 the largest;
     * 'curvature/fisher_top_eigenvalue': the largest eigenvalue of the Fisher
       (1/n) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i (`curvature.make_fisher_vp`).
+  On CPU the Lanczos steps are unrolled: XLA:CPU runs convolutions inside a loop body about 10x
+  slower (measured: 14.4 vs 1.55 HVPs per step for SimpleCNN), at the price of a longer compile.
   """
+  unroll = jax.default_backend() == 'cpu'
 
   def eigen(state: TrainState, inputs: jax.Array, labels: jax.Array, rng: jax.Array):
     logits_fn = curvature.make_logits_fn(model, state.batch_stats or None)
     hessian_rng, fisher_rng = jax.random.split(rng)
     hvp = curvature.make_hvp(curvature.make_loss_fn(logits_fn, inputs, labels), state.params)
     values, _ = curvature.top_eigenpairs(hvp, state.params, k=k, rng=hessian_rng,
-                                         num_iterations=num_iterations)
+                                         num_iterations=num_iterations, unroll=unroll)
     fisher = curvature.make_fisher_vp(logits_fn, state.params, inputs)
     top, _ = curvature.top_eigenpairs(fisher, state.params, k=1, rng=fisher_rng,
-                                      num_iterations=num_iterations)
+                                      num_iterations=num_iterations, unroll=unroll)
     metrics = {f'curvature/hessian_eigenvalue/{j + 1}': values[j] for j in range(k)}
     metrics['curvature/fisher_top_eigenvalue'] = top[0]
     return metrics

@@ -193,7 +193,7 @@ def _flat_matvec(matvec, params):
   return flat, unravel, lambda f: ravel_pytree(matvec(unravel(f)))[0]
 
 
-def _lanczos(flat_matvec, v0, num_iterations, rng):
+def _lanczos(flat_matvec, v0, num_iterations, rng, unroll=False):
   """m = num_iterations steps of Lanczos from the unit vector v0 [P].
 
   Returns (alphas [m], betas [m - 1], basis [m, P]) with T = tridiag(betas, alphas, betas) =
@@ -227,7 +227,7 @@ def _lanczos(flat_matvec, v0, num_iterations, rng):
   basis = jnp.zeros((num_iterations + 1, size), dtype).at[0].set(v0)
   init = (basis, jnp.zeros((num_iterations,), dtype), jnp.zeros((num_iterations,), dtype),
           jnp.zeros((), dtype))
-  basis, alphas, betas, _ = jax.lax.fori_loop(0, num_iterations, step, init)
+  basis, alphas, betas, _ = jax.lax.fori_loop(0, num_iterations, step, init, unroll=unroll)
   return alphas, betas[:-1], basis[:-1]
 
 
@@ -240,7 +240,8 @@ def _iterations(num_iterations, size, minimum, what):
   return min(num_iterations, size)
 
 
-def top_eigenpairs(matvec: Matvec, params, *, k: int, rng: jax.Array, num_iterations: int):
+def top_eigenpairs(matvec: Matvec, params, *, k: int, rng: jax.Array, num_iterations: int,
+                   unroll: bool = False):
   """The k largest eigenvalues of a symmetric `matvec: v -> M v` and their eigenvectors.
 
   Lanczos with full reorthogonalization from a random unit start vector: m = `num_iterations`
@@ -255,6 +256,8 @@ def top_eigenpairs(matvec: Matvec, params, *, k: int, rng: jax.Array, num_iterat
     k: how many eigenpairs (>= 1).
     rng: PRNG key for the start vector (and restarts).
     num_iterations: m >= k products M v.
+    unroll: unroll the m steps at trace time instead of a `fori_loop` (longer compiles; faster
+      on XLA:CPU, which runs convolutions inside a loop body slowly).
 
   Returns:
     (eigenvalues [k] in descending order, eigenvectors): a pytree like `params` whose leaves
@@ -270,14 +273,14 @@ def top_eigenpairs(matvec: Matvec, params, *, k: int, rng: jax.Array, num_iterat
   m = _iterations(num_iterations, flat.size, k, f'k={k} eigenpairs')
   k_start, k_restart = jax.random.split(rng)
   v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
-  alphas, betas, basis = _lanczos(flat_mv, v0 / jnp.linalg.norm(v0), m, k_restart)
+  alphas, betas, basis = _lanczos(flat_mv, v0 / jnp.linalg.norm(v0), m, k_restart, unroll)
   values, vectors = jnp.linalg.eigh(_tridiagonal(alphas, betas))
   values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
   return values, jax.vmap(unravel)((basis.T @ vectors).T)
 
 
 def spectral_density(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
-                     num_iterations: int):
+                     num_iterations: int, unroll: bool = False):
   """Stochastic Lanczos quadrature of the spectral density of a symmetric `matvec`.
 
   The spectral density of M [P, P] is μ = (1/P) Σ_p δ(λ − λ_p). For a Rademacher probe v
@@ -293,6 +296,7 @@ def spectral_density(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
     rng: PRNG key for the probes.
     num_probes: N >= 1.
     num_iterations: m >= 1 Lanczos steps per probe (capped at P).
+    unroll: unroll the m steps at trace time (see `top_eigenpairs`).
 
   Returns:
     (nodes [N, m], weights [N, m]); see `density_on_grid` and the moments
@@ -306,7 +310,7 @@ def spectral_density(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
   starts = starts / math.sqrt(flat.size)
 
   def quadrature(v0, key):
-    alphas, betas, _ = _lanczos(flat_mv, v0, m, key)
+    alphas, betas, _ = _lanczos(flat_mv, v0, m, key, unroll)
     nodes, vectors = jnp.linalg.eigh(_tridiagonal(alphas, betas))
     return nodes, vectors[0] ** 2
 

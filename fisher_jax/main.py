@@ -126,6 +126,10 @@ def main(argv):
         mode=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout)
   except ValueError as error:
     sys.exit(f'fisher_jax: {error}')
+  if distributed:  # Every process says it joined (the console is otherwise process 0's).
+    print(f'fisher_jax: process {jax.process_index()} of {jax.process_count()} with '
+          f'{jax.local_device_count()} of the {jax.device_count()} devices joined the run.',
+          flush=True)
   # Imported only now, so that nothing they do on import can start JAX before the above (and a
   # process that cannot join fails fast, without loading TensorFlow).
   with workdir_lib.WorkdirLock(FLAGS.workdir) as lock:

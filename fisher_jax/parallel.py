@@ -18,7 +18,6 @@ import sys
 import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from absl import logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -201,9 +200,6 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                                initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S)
   finally:
     connected.set()
-  logging.info('process %d of %d with %d of the %d devices joined the run.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
   return True
 
 

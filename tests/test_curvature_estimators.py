@@ -259,10 +259,12 @@ def _assert_trees_close(got, want, name):
 
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
 def test_operators_and_estimators_on_8_devices_give_one_device_numbers(kind):
-  """Under jit with the batch sharded over 8 devices: the one-device numbers to 1e-5
-  (float32). The CNN checks the two operators and the vmapped products (XLA:CPU compiles
-  vmapped convolution products slowly, so the CNN runs the cheapest estimator only), the MLP
-  every estimator, also with Explicit mesh axes; inside shard_map, fisher_vp is global."""
+  """Under jit with the batch sharded over 8 devices, with Auto and with Explicit mesh axes:
+  the one-device numbers to 1e-5 (float32). The CNN checks the two operators and the products
+  mapped over probes (XLA:CPU compiles convolution products slowly, so the CNN runs the
+  cheapest estimators only; on an Explicit mesh they map the probes one at a time, where
+  vmapping a convolution product raises JAX's ShardingTypeError), the MLP every estimator;
+  inside shard_map, fisher_vp is global."""
   logits_fn, params, inputs, labels = cases.fisher_problem(kind, batch=16)
   rng = jax.random.PRNGKey(9)
   v = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
@@ -275,12 +277,10 @@ def test_operators_and_estimators_on_8_devices_give_one_device_numbers(kind):
                   hvp=curvature.hvp(loss_fn, params, v),
                   diag=curvature.diagonal_estimate(
                       curvature.make_fisher_vp(logits_fn, params, inputs), params, rng=rng,
-                      num_probes=2))
+                      num_probes=2),
+                  trace=curvature.hessian_trace(loss_fn, params, rng=rng, num_probes=2))
   single = cases.cheap_jit(fn)(params, inputs, labels, rng, v)
-  axis_types = [jax.sharding.AxisType.Auto]
-  if kind == 'mlp':
-    axis_types.append(jax.sharding.AxisType.Explicit)
-  for axis_type in axis_types:
+  for axis_type in (jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit):
     mesh = jax.make_mesh((8,), ('data',), axis_types=(axis_type,))
     args = _sharded_args(mesh, params, inputs, labels, rng, v)
     sharded = cases.cheap_jit(fn)(*args)

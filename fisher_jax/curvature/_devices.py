@@ -4,6 +4,9 @@ The mathematics (`fisher.py`, `regularizers.py`) says what is computed for one d
 this module says where:
 
 * `map_in_chunks(fn, xs, chunk_size)`: `jax.vmap(fn)(xs)`, `chunk_size` examples at a time.
+* `map_probes(fn, probes, like, chunk_size)`: `jax.vmap(fn)(probes)` over a leading axis of
+  probe vectors (in chunks), or one probe at a time where the parameters `like` live on a mesh
+  with Explicit axes (see the function).
 * `map_examples(fn, params, xs, chunk_size, axes)`: `vmap(lambda x: fn(params, x))(xs)` that is
   correct on any device layout. With `axes` (inside shard_map; `_core.batch_axes`) the
   parameters are made per-device first (`_core.as_varying`). Under `jax.jit` with inputs on a
@@ -46,6 +49,29 @@ def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
   if chunk_size is None or chunk_size >= batch:
     return jax.vmap(fn)(xs)
   return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+def on_explicit_mesh(tree) -> bool:
+  """Whether the arrays of `tree`, or the enclosing mesh context, have Explicit mesh axes."""
+  meshes = [getattr(jax.typeof(x).sharding, 'mesh', None) for x in jax.tree.leaves(tree)]
+  meshes.append(jax.sharding.get_abstract_mesh())
+  return any(m is not None and not m.empty and m.explicit_axes for m in meshes)
+
+
+def map_probes(fn: Callable, probes, like, chunk_size: Optional[int] = None):
+  """Applies a curvature product `fn` to every probe of `probes` (leaves [N, ...]).
+
+  `jax.vmap(fn)(probes)`, `chunk_size` probes at a time (`map_in_chunks`): a linearized
+  product shares its forward pass over the probes. Where `like` (the parameters the products
+  act on) or the context has a mesh with Explicit axes, the probes run one at a time in a
+  `jax.lax.map` instead (each product still sharded over the batch), because JAX's batching
+  rule of a convolution folds the probe axis into the explicitly sharded batch axis, a reshape
+  that explicit sharding rejects (ShardingTypeError; jax 0.10.2). Same numbers either way.
+  """
+  if on_explicit_mesh(like):
+    check_chunk_size(chunk_size)
+    return jax.lax.map(fn, probes)
+  return map_in_chunks(fn, probes, chunk_size)
 
 
 def _pad_batch(xs, multiple):

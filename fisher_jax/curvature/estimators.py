@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from fisher_jax.curvature import _devices
+
 
 Matvec = Callable[..., object]
 
@@ -56,8 +58,11 @@ def _leaf_sums(tree):
   return jax.tree.map(lambda x: x.reshape(x.shape[0], -1).sum(axis=1), tree)
 
 
-def _mean_and_stderr(fn: Callable, probes, chunk_size: Optional[int]):
+def _mean_and_stderr(fn: Callable, probes, chunk_size: Optional[int], like):
   """Mean over the N probes of `fn(probe)` (a pytree) and its standard error std/√N (ddof 1).
+
+  The probes of a chunk are mapped by `_devices.map_probes` (vmapped; one at a time on an
+  Explicit mesh, where `like`, the parameters, tell).
 
   With `chunk_size`, `chunk_size` probes are vmapped at a time and the chunks' means and sums
   of squared deviations are merged (Chan et al.), so memory holds one chunk's products.
@@ -65,7 +70,7 @@ def _mean_and_stderr(fn: Callable, probes, chunk_size: Optional[int]):
   num = jax.tree.leaves(probes)[0].shape[0]
 
   def stats(chunk):  # (count, mean, sum of squared deviations) of one vmapped chunk
-    values = jax.vmap(fn)(chunk)
+    values = _devices.map_probes(fn, chunk, like)
     mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), values)
     m2 = jax.tree.map(lambda x, m: jnp.sum((x - m) ** 2, axis=0), values, mean)
     return jax.tree.leaves(chunk)[0].shape[0], mean, m2
@@ -140,12 +145,13 @@ def trace_estimate(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
     def forms(v):
       blocks = jax.tree.map(lambda a, b: jnp.vdot(a, b), v, matvec(v))
       return (blocks, _tree_sum(blocks)) if per_leaf else _tree_sum(blocks)
-    mean, stderr = _mean_and_stderr(forms, probes, chunk_size)
+    mean, stderr = _mean_and_stderr(forms, probes, chunk_size, params)
     return (mean[0], stderr[0]) if per_leaf else (mean, stderr)
   if method == 'hutch++':
     _check_count('num_probes', num_probes, 3, f'method={method!r}')
     flat, unravel = ravel_pytree(params)
-    matmat = jax.vmap(lambda v: ravel_pytree(matvec(unravel(v)))[0])  # [n, P] -> [n, P]
+    matmat = lambda vs: _devices.map_probes(  # noqa: E731  [n, P] -> [n, P]
+        lambda v: ravel_pytree(matvec(unravel(v)))[0], vs, params)
     num_sketch = num_probes // 3
     num_residual = num_probes - 2 * num_sketch
     k_sketch, k_residual = jax.random.split(rng)
@@ -185,7 +191,7 @@ def diagonal_estimate(matvec: Matvec, params, *, rng: jax.Array, num_probes: int
   _check_count('num_probes', num_probes, 2, 'a diagonal estimate')
   probes = rademacher_probes(rng, params, num_probes)
   return _mean_and_stderr(lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), probes,
-                          chunk_size)
+                          chunk_size, params)
 
 
 def _flat_matvec(matvec, params):
@@ -288,7 +294,8 @@ def spectral_density(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
   nodes θ_j and weights w_j = S_1j² satisfies Σ_j w_j f(θ_j) = vᵀ f(M) v / P for every
   polynomial f of degree <= 2m − 1; its expectation over v is ∫ f dμ = Tr f(M) / P. The
   estimate of μ is the average over the N probes of Σ_j w_nj δ(λ − θ_nj) (each probe's weights
-  sum to 1). Costs N·m products, vmapped over the probes.
+  sum to 1). Costs N·m products, vmapped over the probes (one probe at a time on a mesh with
+  Explicit axes, see `_devices.map_probes`).
 
   Args:
     matvec: `v -> M v` on params-shaped pytrees, M symmetric.
@@ -314,7 +321,8 @@ def spectral_density(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
     nodes, vectors = jnp.linalg.eigh(_tridiagonal(alphas, betas))
     return nodes, vectors[0] ** 2
 
-  return jax.vmap(quadrature)(starts, jax.random.split(k_restart, num_probes))
+  return _devices.map_probes(lambda start_key: quadrature(*start_key),
+                             (starts, jax.random.split(k_restart, num_probes)), params)
 
 
 def density_on_grid(nodes: jax.Array, weights: jax.Array, grid: jax.Array, *,

@@ -22,9 +22,9 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from fisher_jax import losses
+from fisher_jax.curvature import _devices
 from fisher_jax.curvature import estimators
 from fisher_jax.curvature import operators
-from fisher_jax.curvature.fisher import map_in_chunks
 
 LossFn = Callable[..., jax.Array]
 
@@ -71,7 +71,8 @@ def hessian_quadratic_forms(loss_fn: LossFn, params, probes, *,
     [N]: v_nᵀ H v_n, each a sum over all P parameters.
   """
   product = operators.make_hvp(loss_fn, params)
-  return map_in_chunks(lambda v: optax.tree.vdot(v, product(v)), probes, chunk_size)
+  return _devices.map_probes(lambda v: optax.tree.vdot(v, product(v)), probes, params,
+                             chunk_size)
 
 
 

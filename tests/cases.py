@@ -80,6 +80,35 @@ class TinyCNN(nn.Module):
     return nn.Dense(self.num_classes, **kw)(x)
 
 
+class BatchNormCNN(nn.Module):
+  """conv(3) - BatchNorm - relu - dense(3), with a `train` argument (running statistics)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(3, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    x = nn.relu(x).reshape((x.shape[0], -1))
+    return nn.Dense(3)(x)
+
+
+class UserMLP(nn.Module):
+  """A user's own model: dense(5) - tanh - dense(3), no `train` argument."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(jnp.tanh(nn.Dense(5)(x)))
+
+
+class DropoutMLP(nn.Module):
+  """flax's dropout convention: a `deterministic` argument, and a non-parameter collection."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = False):
+    scale = self.variable('constants', 'scale', lambda: jnp.full((4,), 2.0, x.dtype))
+    x = nn.Dropout(0.5)(jnp.tanh(nn.Dense(4)(x)) * scale.value, deterministic=deterministic)
+    return nn.Dense(3)(x)
+
+
 def fisher_problem(kind, batch=7, seed=0):
   """'mlp' (inputs [B, 5]) or 'cnn' (inputs [B, 6, 6, 2]) with 4 classes, in the current default
   float dtype, with doubled initial parameters (a sharper softmax)."""

@@ -1,6 +1,5 @@
 """make_logits_fn: flax models with BatchNorm become per-example logits functions."""
 
-import flax.linen as nn
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -12,18 +11,9 @@ from fisher_jax import curvature
 from fisher_jax.curvature import dense
 
 
-class _BatchNormCNN(nn.Module):
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Conv(3, (3, 3))(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
-    x = nn.relu(x).reshape((x.shape[0], -1))
-    return nn.Dense(3)(x)
-
-
 def _trained_model():
   """Params and non-trivial running statistics (after two training-mode batches), float64."""
-  model = _BatchNormCNN()
+  model = cases.BatchNormCNN()
   inputs = 1.5 + jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2), jnp.float64)
   variables = model.init(jax.random.PRNGKey(1), inputs[:1])
   variables = jax.tree.map(lambda v: v.astype(jnp.float64), variables)
@@ -65,35 +55,17 @@ def test_fisher_trace_of_a_batchnorm_model_under_jit_matches_dense(x64):
   np.testing.assert_allclose(measure(params, batch_stats, inputs), want, rtol=1e-8)
 
 
-class _UserMLP(nn.Module):
-  """A user's own model: no `train` argument."""
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(3)(jnp.tanh(nn.Dense(5)(x)))
-
-
-class _DropoutMLP(nn.Module):
-  """flax's dropout convention: a `deterministic` argument, and a non-parameter collection."""
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool = False):
-    scale = self.variable('constants', 'scale', lambda: jnp.full((4,), 2.0, x.dtype))
-    x = nn.Dropout(0.5)(jnp.tanh(nn.Dense(4)(x)) * scale.value, deterministic=deterministic)
-    return nn.Dense(3)(x)
-
-
 def test_make_logits_fn_takes_any_flax_module_and_plain_apply_functions(x64):
   """Modules without `train`, with `deterministic` and another collection, `module.apply` and a
   plain apply function all give the model's eval-mode logits."""
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 2), jnp.float64)
-  user = _UserMLP()
+  user = cases.UserMLP()
   params = user.init(jax.random.PRNGKey(1), x)['params']
   want = user.apply({'params': params}, x)
   for model in (user, user.apply, lambda variables, inputs: user.apply(variables, inputs)):
     np.testing.assert_allclose(curvature.make_logits_fn(model)(params, x), want, rtol=1e-12)
 
-  dropout = _DropoutMLP()
+  dropout = cases.DropoutMLP()
   variables = dropout.init(jax.random.PRNGKey(2), x, deterministic=True)
   constants = {'constants': variables['constants']}
   logits_fn = curvature.make_logits_fn(dropout, collections=constants)
@@ -155,7 +127,7 @@ def test_a_users_mlp_without_train_works_with_every_function(x64):
   """Acceptance 4: through make_logits_fn, a user's MLP without `train` runs every function
   under jit; the deterministic ones equal the dense references (rtol 1e-9) and the stochastic
   ones are consistent (per-leaf traces sum to the total, quadrature weights to 1)."""
-  model = _UserMLP()
+  model = cases.UserMLP()
   inputs = jax.random.normal(jax.random.PRNGKey(0), (6, 2), jnp.float64)
   labels = jnp.array([0, 1, 2, 2, 1, 0])
   params = jax.tree.map(lambda p: 2.0 * p.astype(jnp.float64),

@@ -94,10 +94,12 @@ class Settings:
   guard_nonfinite: str  # `config.guard.nonfinite`: 'stop' or 'off' (see fisher_jax.guard).
 
 
-def _get(section, field: str, prefix: str):
-  """`section[field]`; a missing field is an error naming it (no defaults in code)."""
+def required(section, field: str, prefix: str):
+  """`section[field]` of a config section (a ConfigDict, dict or object); a missing field is an
+  error naming it, `prefix + field` (no defaults in code)."""
   try:
-    return section[field]
+    return section[field] if isinstance(section, Mapping) or hasattr(section, 'to_dict') \
+        else getattr(section, field)
   except (KeyError, AttributeError, TypeError):
     raise ValueError(f'{prefix}{field} is missing; add it to the config (configs/default.py '
                      'lists every field with its default).') from None
@@ -134,7 +136,7 @@ def read_optimizer(opt_config) -> OptimizerSettings:
   Raises:
     ValueError: a missing field, an unknown name or an impossible value, naming the field.
   """
-  get = lambda field: _get(opt_config, field, 'optimizer.')  # noqa: E731
+  get = lambda field: required(opt_config, field, 'optimizer.')  # noqa: E731
   name = _choice('optimizer.name', get('name'), OPTIMIZERS)
   learning_rate = number('optimizer.learning_rate', get('learning_rate'), low=0, low_ok=False)
   weight_decay = number('optimizer.weight_decay', get('weight_decay'), low=0)
@@ -176,7 +178,7 @@ def read_regularizer(reg_config) -> RegularizerSettings:
   Raises:
     ValueError: a missing field, an unknown name or an impossible value, naming the field.
   """
-  get = lambda field: _get(reg_config, field, 'regularizer.')  # noqa: E731
+  get = lambda field: required(reg_config, field, 'regularizer.')  # noqa: E731
   return RegularizerSettings(
       name=regularizers.validate_name(get('name')),
       strength=number('regularizer.strength', get('strength'), low=0),
@@ -190,7 +192,7 @@ def read_measure(measure_config) -> MeasureSettings:
   Raises:
     ValueError: a missing field, an unknown estimator or an impossible value, naming the field.
   """
-  get = lambda field: _get(measure_config, field, 'measure.')  # noqa: E731
+  get = lambda field: required(measure_config, field, 'measure.')  # noqa: E731
   periods = {f: _integer(f'measure.{f}', get(f), low=0, off_ok=True)
              for f in ('every_epochs', 'every_steps', 'hessian_every_epochs',
                        'eigen_every_epochs')}
@@ -212,7 +214,7 @@ def read(config) -> Settings:
     ValueError: a missing field, an unknown name (dataset, model, optimizer, schedule,
       regularizer, estimator) or an impossible value, in one sentence naming the field.
   """
-  get = lambda field: _get(config, field, '')  # noqa: E731
+  get = lambda field: required(config, field, '')  # noqa: E731
   model = get('model')
   model = model.to_dict() if hasattr(model, 'to_dict') else dict(model)
   model_name = model.pop('name', None)
@@ -235,13 +237,13 @@ def read(config) -> Settings:
       optimizer=read_optimizer(get('optimizer')),
       regularizer=read_regularizer(get('regularizer')),
       measure=read_measure(get('measure')),
-      init_from=InitFromSettings(workdir=_get(init_from, 'workdir', 'init_from.') or None,
-                                 step=_get(init_from, 'step', 'init_from.')),
+      init_from=InitFromSettings(workdir=required(init_from, 'workdir', 'init_from.') or None,
+                                 step=required(init_from, 'step', 'init_from.')),
       eval_every_epochs=_integer('eval_every_epochs', get('eval_every_epochs'), low=0,
                                  off_ok=True),
       checkpoint_every_epochs=_integer('checkpoint_every_epochs',
                                        get('checkpoint_every_epochs'), low=0, off_ok=True),
       log_every_steps=_integer('log_every_steps', get('log_every_steps'), low=0, off_ok=True),
       checkpoint_keep=_integer('checkpoint_keep', get('checkpoint_keep'), low=1),
-      guard_nonfinite=_choice('guard.nonfinite', _get(get('guard'), 'nonfinite', 'guard.'),
+      guard_nonfinite=_choice('guard.nonfinite', required(get('guard'), 'nonfinite', 'guard.'),
                               guard.NONFINITE_MODES))

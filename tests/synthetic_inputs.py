@@ -2,18 +2,23 @@
 
 import numpy as np
 
+from configs import default
 from fisher_jax import data
 from fisher_jax.data import synthetic
+
+
+def dataset_config(name, **fields):
+  """configs/default.py's `config.dataset` (every field at its default) for dataset `name`,
+  `fields` overriding: what `data.make_input` takes."""
+  return dict(default.get_config().dataset.to_dict(), name=name, **fields)
 
 
 def make_input(data_dir, name, batch_size=64, seed=0, process_index=0, process_count=1,
                **fields):
   """`data.make_input` of dataset `name` with the default dataset fields, `fields` overriding."""
-  config = dict(name=name, data_dir=data_dir, label_noise=0.0, augment=False, val_fraction=0.1,
-                train_subset=None)
-  config.update(fields)
-  return data.make_input(config, batch_size=batch_size, seed=seed,
-                         process_index=process_index, process_count=process_count)
+  return data.make_input(dataset_config(name, data_dir=data_dir, **fields),
+                         batch_size=batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count)
 
 
 def example_ids(images, spec):

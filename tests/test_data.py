@@ -11,6 +11,8 @@ from sklearn import datasets as sk_datasets
 from fisher_jax import data
 from fisher_jax.data import digits as digits_lib
 
+import synthetic_inputs  # tests/synthetic_inputs.py
+
 SPEC = data.get_spec('digits')
 
 
@@ -33,11 +35,10 @@ def sklearn_digits():
 
 
 def _make(data_dir, batch_size=128, seed=0, process_index=0, process_count=1, **fields):
-  config = dict(name='digits', data_dir=data_dir, label_noise=0.0, augment=False,
-                val_fraction=0.1, train_subset=None)
-  config.update(fields)
-  return data.make_input(config, batch_size=batch_size, seed=seed,
-                         process_index=process_index, process_count=process_count)
+  name = fields.pop('name', 'digits')
+  return synthetic_inputs.make_input(data_dir, name, batch_size=batch_size, seed=seed,
+                                     process_index=process_index,
+                                     process_count=process_count, **fields)
 
 
 def _eval_all(inp, split, batch_size):
@@ -159,6 +160,16 @@ def test_eval_shards_are_disjoint_and_cover_the_split(data_dir, sklearn_digits):
 def test_invalid_config_values_name_the_field(data_dir, field, value, match):
   with pytest.raises(ValueError, match=match):
     _make(data_dir, **{field: value})
+
+
+@pytest.mark.parametrize('field', ['data_dir', 'label_noise', 'augment', 'val_fraction',
+                                   'train_subset'])
+def test_a_missing_field_is_named_not_filled_with_a_default_in_code(data_dir, field):
+  """Defaults live in configs/default.py only: a dataset section without a field fails."""
+  config = synthetic_inputs.dataset_config('digits', data_dir=data_dir)
+  del config[field]
+  with pytest.raises(ValueError, match=f'dataset.{field} is missing; add it to the config'):
+    data.read_settings(config)
 
 
 def test_batch_size_must_divide_among_processes(data_dir):

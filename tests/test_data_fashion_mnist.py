@@ -20,6 +20,7 @@ from fisher_jax import data
 from fisher_jax.data import fashion_mnist
 
 from conftest import REPO
+import synthetic_inputs  # tests/synthetic_inputs.py
 
 SPEC = data.get_spec('fashion_mnist')
 SIZES = {'train': 40, 'test': 12}
@@ -60,9 +61,8 @@ def _register(name, source_dirs=()):
 
 
 def _input(name, data_dir, **fields):
-  config = dict(name=name, data_dir=str(data_dir), val_fraction=0.0)
-  config.update(fields)
-  return data.make_input(config, batch_size=8, seed=0, process_index=0, process_count=1)
+  fields.setdefault('val_fraction', 0.0)
+  return synthetic_inputs.make_input(str(data_dir), name, batch_size=8, **fields)
 
 
 def _raw_first_pixels(images):

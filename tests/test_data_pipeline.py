@@ -135,7 +135,8 @@ def test_two_processes_read_disjoint_eval_shards_that_cover_the_split(data_dir):
 def test_missing_cifar10_fails_fast_with_the_prepare_command(tmp_path):
   start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError) as info:
-    data.make_input(dict(name='cifar10', data_dir=str(tmp_path)), batch_size=128, seed=0,
+    data.make_input(synthetic_inputs.dataset_config('cifar10', data_dir=str(tmp_path)),
+                    batch_size=128, seed=0,
                     process_index=0, process_count=1)
   assert time.monotonic() - start < 20  # no download attempt, no waiting on the network
   message = str(info.value)
@@ -147,7 +148,8 @@ def test_missing_cifar10_fails_fast_with_the_prepare_command(tmp_path):
 
 def test_missing_tiny_imagenet_says_where_the_archive_goes(tmp_path):
   with pytest.raises(data.DatasetNotPreparedError) as info:
-    data.make_input(dict(name='tiny_imagenet', data_dir=str(tmp_path)), batch_size=128, seed=0,
+    data.make_input(synthetic_inputs.dataset_config('tiny_imagenet', data_dir=str(tmp_path)),
+                    batch_size=128, seed=0,
                     process_index=0, process_count=1)
   message = str(info.value)
   assert 'tiny-imagenet-200.zip' in message

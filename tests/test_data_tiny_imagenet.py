@@ -14,6 +14,8 @@ from PIL import Image
 
 from fisher_jax import data
 
+import synthetic_inputs  # tests/synthetic_inputs.py
+
 WNIDS = ['n09999999', 'n01443537', 'n05555555']  # wnids.txt order; labels follow sorted order
 SPEC = data.get_spec('tiny_imagenet')
 
@@ -73,7 +75,8 @@ def test_tiny_imagenet_prepares_from_the_manual_archive(tmp_path):
   manual = tmp_path / 'downloads' / 'manual'
   os.makedirs(manual)
   truth = _write_archive(str(manual / 'tiny-imagenet-200.zip'))
-  inp = data.make_input(dict(name='tiny_imagenet', data_dir=str(tmp_path), val_fraction=0.25),
+  inp = data.make_input(synthetic_inputs.dataset_config('tiny_imagenet', data_dir=str(tmp_path),
+                                                      val_fraction=0.25),
                         batch_size=3, seed=0, process_index=0, process_count=1)
   assert (inp.num_train, inp.num_examples('val'), inp.num_examples('test')) == (9, 3, 6)
   train = inp.fixed_subset(100)

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fisher_jax import settings as settings_lib
 from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import base
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
@@ -61,42 +62,40 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSettings:
-  """The validated fields of `config.dataset`."""
+  """The validated fields of `config.dataset` (see configs/default.py for their meanings and
+  defaults, which live there only): made by `read_settings`."""
   name: str
-  data_dir: Optional[str] = None
-  label_noise: float = 0.0
-  augment: bool = False
-  val_fraction: float = 0.0
-  train_subset: Optional[int] = None
-
-
-def _field(config, key, default):
-  if isinstance(config, dict):
-    return config.get(key, default)
-  return getattr(config, key, default)
+  data_dir: Optional[str]
+  label_noise: float
+  augment: bool
+  val_fraction: float
+  train_subset: Optional[int]
 
 
 def read_settings(dataset_config) -> DatasetSettings:
-  """Validates `config.dataset` (a ConfigDict, dict or object with its fields).
+  """Validates `config.dataset` (a ConfigDict, dict or object with every field of
+  configs/default.py's `config.dataset`).
 
   Raises:
-    ValueError: an unknown name or an impossible value, naming the field and what is allowed.
+    ValueError: a missing field, an unknown name or an impossible value, naming the field and
+      what is allowed.
   """
-  name = _field(dataset_config, 'name', None)
+  get = lambda field: settings_lib.required(dataset_config, field, 'dataset.')  # noqa: E731
+  name = get('name')
   specs_lib.get_spec(name)  # Unknown names fail here.
-  data_dir = _field(dataset_config, 'data_dir', None)
-  label_noise = float(_field(dataset_config, 'label_noise', 0.0) or 0.0)
+  data_dir = get('data_dir')
+  label_noise = float(get('label_noise') or 0.0)
   if not 0.0 <= label_noise < 1.0:
     raise ValueError(f'dataset.label_noise={label_noise} is out of range; use a fraction in '
                      '[0, 1).')
-  val_fraction = float(_field(dataset_config, 'val_fraction', 0.0) or 0.0)
+  val_fraction = float(get('val_fraction') or 0.0)
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f'dataset.val_fraction={val_fraction} is out of range; use a fraction in '
                      '[0, 1).')
-  augment = _field(dataset_config, 'augment', False)
+  augment = get('augment')
   if not isinstance(augment, (bool, np.bool_)):
     raise ValueError(f'dataset.augment={augment!r} is not a boolean; use True or False.')
-  train_subset = _field(dataset_config, 'train_subset', None)
+  train_subset = get('train_subset')
   if train_subset in (None, 0):
     train_subset = None
   elif isinstance(train_subset, (bool, float)) or int(train_subset) != train_subset \
@@ -416,8 +415,9 @@ def make_input(dataset_config, *, batch_size: int, seed: int,
   """The input of a run: the `Input` of `config.dataset` for this process.
 
   Args:
-    dataset_config: the validated `DatasetSettings`, or `config.dataset` with fields name,
-      data_dir, label_noise, augment, val_fraction, train_subset (validated here).
+    dataset_config: the validated `DatasetSettings`, or `config.dataset` with every field
+      (name, data_dir, label_noise, augment, val_fraction, train_subset; validated here by
+      `read_settings`, a missing one named).
     batch_size: the global training batch size B.
     seed: the run's seed (data order, augmentation, label noise, fixed subsets).
     process_index, process_count: this process and how many read; None means

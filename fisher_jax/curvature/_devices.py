@@ -7,6 +7,8 @@ this module says where:
 * `map_probes(fn, probes, like, chunk_size)`: `jax.vmap(fn)(probes)` over a leading axis of
   probe vectors (in chunks), or one probe at a time where the parameters `like` live on a mesh
   with Explicit axes (see the function).
+* `sum_examples(fn, params, xs, chunk_size, axes)`: Σ over the examples of `fn(params, x)`,
+  chunk by chunk (memory holds one chunk's values, not [B, ...]), on any device layout.
 * `map_examples(fn, params, xs, chunk_size, axes)`: `vmap(lambda x: fn(params, x))(xs)` that is
   correct on any device layout. With `axes` (inside shard_map; `_core.batch_axes`) the
   parameters are made per-device first (`_core.as_varying`). Under `jax.jit` with inputs on a
@@ -51,6 +53,33 @@ def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
   return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
+def _sum0(tree):
+  return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+
+
+def sum_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
+  """Σ_i fn(x_i) over the leading axis of `xs`, `chunk_size` examples vmapped at a time.
+
+  Like `_sum0(map_in_chunks(fn, xs, chunk_size))`, but the chunks' sums are accumulated in a
+  `jax.lax.scan`, so memory holds one chunk's values (the per-example values of all B examples
+  never exist together). The sum's order depends on `chunk_size` (rounding only).
+  """
+  check_chunk_size(chunk_size)
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  if chunk_size is None or chunk_size >= batch:
+    return _sum0(jax.vmap(fn)(xs))
+  full = batch // chunk_size * chunk_size
+  chunks = jax.tree.map(lambda x: x[:full].reshape((-1, chunk_size) + x.shape[1:]), xs)
+  first = _sum0(jax.vmap(fn)(jax.tree.map(lambda x: x[0], chunks)))
+
+  def body(total, chunk):
+    return jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(chunk))), None
+  total, _ = jax.lax.scan(body, first, jax.tree.map(lambda x: x[1:], chunks))
+  if full < batch:
+    total = jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(jax.tree.map(lambda x: x[full:], xs))))
+  return total
+
+
 def on_explicit_mesh(tree) -> bool:
   """Whether the arrays of `tree`, or the enclosing mesh context, have Explicit mesh axes."""
   meshes = [getattr(jax.typeof(x).sharding, 'mesh', None) for x in jax.tree.leaves(tree)]
@@ -88,6 +117,45 @@ def _inputs_mesh(xs):
   return None if mesh.empty or mesh.size == 1 else mesh
 
 
+def _over_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...],
+                   reduce: bool):
+  """`map_examples` (reduce=False) and `sum_examples` (reduce=True)."""
+  check_chunk_size(chunk_size)
+  apply = sum_in_chunks if reduce else map_in_chunks
+  if axes:
+    params = _core.as_varying(params, axes)
+    return apply(lambda x: fn(params, x), xs, chunk_size)
+  mesh = _inputs_mesh(xs)
+  if mesh is None:
+    return apply(lambda x: fn(params, x), xs, chunk_size)
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  mesh_axes = tuple(mesh.axis_names)
+  spec = jax.sharding.PartitionSpec(mesh_axes)
+  # Zero examples pad the batch to a multiple of the mesh size: mapped, they are dropped; summed,
+  # their weight is 0.
+  weights = jnp.arange(batch + -batch % mesh.size) < batch
+  xs = _pad_batch(xs, mesh.size)
+  if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
+    xs, weights = jax.sharding.reshard((xs, weights), jax.sharding.NamedSharding(mesh, spec))
+    params = jax.sharding.reshard(
+        params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  if reduce:
+    def weighted(p, example):
+      x, weight = example
+      return jax.tree.map(lambda y: jnp.where(weight, y, 0), fn(p, x))
+
+    def body(p, x, w):
+      return jax.lax.psum(sum_examples(weighted, p, (x, w), chunk_size, mesh_axes), mesh_axes)
+    out_spec = jax.sharding.PartitionSpec()
+  else:
+    body = lambda p, x, w: map_examples(fn, p, x, chunk_size, mesh_axes)  # noqa: E731
+    out_spec = spec
+  rep = jax.sharding.PartitionSpec()
+  out = jax.shard_map(body, mesh=mesh, in_specs=(rep, spec, spec), out_specs=out_spec)(
+      params, xs, weights)
+  return out if reduce else jax.tree.map(lambda y: y[:batch], out)
+
+
 def map_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...]):
   """`jax.vmap(lambda x: fn(params, x))(xs)` in chunks, correct on any device layout.
 
@@ -101,22 +169,18 @@ def map_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tupl
   Returns:
     Leaves [B, ...] (this device's rows inside shard_map).
   """
-  check_chunk_size(chunk_size)
-  if axes:
-    params = _core.as_varying(params, axes)
-    return map_in_chunks(lambda x: fn(params, x), xs, chunk_size)
-  mesh = _inputs_mesh(xs)
-  if mesh is None:
-    return map_in_chunks(lambda x: fn(params, x), xs, chunk_size)
-  batch = jax.tree.leaves(xs)[0].shape[0]
-  mesh_axes = tuple(mesh.axis_names)
-  spec = jax.sharding.PartitionSpec(mesh_axes)
-  xs = _pad_batch(xs, mesh.size)  # zero examples, computed and dropped
-  if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
-    xs = jax.sharding.reshard(xs, jax.sharding.NamedSharding(mesh, spec))
-    params = jax.sharding.reshard(
-        params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  body = lambda p, x: map_examples(fn, p, x, chunk_size, mesh_axes)  # noqa: E731
-  out = jax.shard_map(body, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec),
-                      out_specs=spec)(params, xs)
-  return jax.tree.map(lambda y: y[:batch], out)
+  return _over_examples(fn, params, xs, chunk_size, axes, reduce=False)
+
+
+def sum_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...]):
+  """Σ_i fn(params, x_i) over the examples of `xs`, chunk by chunk, on any device layout.
+
+  The same placement as `map_examples`, but each chunk's values are summed as they are made
+  (`sum_in_chunks`): memory holds one chunk's per-example values, which matters when they are
+  as large as the parameters (a diagonal).
+
+  Returns:
+    Leaves shaped like one example's `fn` value: the sum over this device's rows inside
+    shard_map (with `axes`), over the whole batch otherwise.
+  """
+  return _over_examples(fn, params, xs, chunk_size, axes, reduce=True)

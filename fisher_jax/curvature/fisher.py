@@ -76,9 +76,13 @@ def _example_ce_grad(logits_fn, params, x, label):
                             label if callable(label) else label[None])[0]
 
 
-def _per_example_sampled(logits_fn, params, inputs, rng, chunk_size, axes, reduce):
-  """[b]-leading `reduce(g ⊙ g)` of ∇θ CE(x_i, ŷ_i) at the sampled labels, the arg-max taken
-  in the per-example pass."""
+# The per-example passes: each returns `(one, xs)`, the function `one(params, example)` of one
+# example (without the batch axis) giving `reduce(g ⊙ g)` of its gradients at the estimator's
+# labels, and the examples `xs` it maps over (`_devices.map_examples` or `sum_examples`).
+
+
+def _sampled_pass(logits_fn, params, inputs, rng, axes, reduce):
+  """∇θ CE(x_i, ŷ_i) at the sampled labels, the arg-max taken in the per-example pass."""
   shape = jax.eval_shape(logits_fn, params, inputs)
   gumbel = _core.gumbel_rows(rng, shape.shape, shape.dtype, axes)
 
@@ -86,14 +90,15 @@ def _per_example_sampled(logits_fn, params, inputs, rng, chunk_size, axes, reduc
     x, noise = example
     return reduce(_squares(_example_ce_grad(
         logits_fn, p, x, lambda z: _core.labels_from_noise(z, noise[None]))))
-  return _devices.map_examples(one, params, (inputs, gumbel), chunk_size, axes)
+  return one, (inputs, gumbel)
 
 
-def _per_example_label(logits_fn, params, inputs, labels, chunk_size, axes, reduce):
+def _label_pass(logits_fn, inputs, labels, reduce):
+  """∇θ CE(x_i, y_i) at given labels."""
   def one(p, example):
     x, y = example
     return reduce(_squares(_example_ce_grad(logits_fn, p, x, y)))
-  return _devices.map_examples(one, params, (inputs, labels), chunk_size, axes)
+  return one, (inputs, labels)
 
 
 def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
@@ -114,12 +119,12 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
     average). The full [B, P] Jacobian is never formed beyond one chunk.
   """
-  return _per_example_label(logits_fn, params, inputs, labels, chunk_size,
-                            _core.batch_axes(axis_name), _REDUCTIONS['total'])
+  one, xs = _label_pass(logits_fn, inputs, labels, _REDUCTIONS['total'])
+  return _devices.map_examples(one, params, xs, chunk_size, _core.batch_axes(axis_name))
 
 
-def _per_example_exact(logits_fn, params, inputs, chunk_size, axes, reduce):
-  """[b]-leading `reduce` of Σ_c p_i(c) ∇θ CE(x_i, c) ⊙ ∇θ CE(x_i, c), per example."""
+def _exact_pass(logits_fn, inputs, reduce):
+  """Σ_c p_i(c) ∇θ CE(x_i, c) ⊙ ∇θ CE(x_i, c), per example."""
   def one(p, x):
     z, vjp = jax.vjp(lambda q: logits_fn(q, x[None])[0], p)
     p = jax.nn.softmax(z)
@@ -128,30 +133,33 @@ def _per_example_exact(logits_fn, params, inputs, chunk_size, axes, reduce):
     cotangents = jnp.sqrt(p)[:, None] * (p[None, :] - jnp.eye(z.shape[-1], dtype=z.dtype))
     (grads,) = jax.vmap(vjp)(cotangents)
     return reduce(_squares(grads, class_axis=True))
-  return _devices.map_examples(one, params, inputs, chunk_size, axes)
+  return one, inputs
 
 
 def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chunk_size,
                  axis_name, reduction):
   """The mean over the (global) batch of `reduction` of the per-example squared gradients at
-  the estimator's labels: the one per-example pass behind fisher_trace and fisher_diagonal."""
+  the estimator's labels: the one per-example pass behind fisher_trace and fisher_diagonal,
+  summed chunk by chunk (`_devices.sum_examples`: memory holds one chunk's squares)."""
   axes = _core.batch_axes(axis_name)
   reduce = _REDUCTIONS[reduction]
   if estimator == 'empirical':
     if labels is None:
       raise ValueError(f"{caller}(estimator='empirical') needs labels=[B] true labels.")
-    values = _per_example_label(logits_fn, params, inputs, labels, chunk_size, axes, reduce)
+    one, xs = _label_pass(logits_fn, inputs, labels, reduce)
   elif estimator == 'sampled':
     if rng is None:
       raise ValueError(f"{caller}(estimator='sampled') needs rng=a PRNG key to sample "
                        'labels from the model.')
-    values = _per_example_sampled(logits_fn, params, inputs, rng, chunk_size, axes, reduce)
+    one, xs = _sampled_pass(logits_fn, params, inputs, rng, axes, reduce)
   elif estimator == 'exact':
-    values = _per_example_exact(logits_fn, params, inputs, chunk_size, axes, reduce)
+    one, xs = _exact_pass(logits_fn, inputs, reduce)
   else:
     raise ValueError(f'estimator={estimator!r} is unknown; choose one of '
                      f'{list(FISHER_ESTIMATORS)}.')
-  return _core.global_mean(jax.tree.map(lambda x: jnp.mean(x, axis=0), values), axes)
+  total = _devices.sum_examples(one, params, xs, chunk_size, axes)
+  rows = jax.tree.leaves(inputs)[0].shape[0]  # this device's inside shard_map, else all
+  return _core.global_mean(jax.tree.map(lambda x: x / rows, total), axes)
 
 
 def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
@@ -204,8 +212,8 @@ def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
       p_i p_iᵀ) J_i (no sampling noise; about C times the cost);
     'empirical': (1/B) Σ_i (∂_p CE(x_i, y_i))² at the true `labels`.
 
-  Costs what `fisher_trace` costs (the same per-example pass), plus the squared gradients'
-  [B, P] (one chunk's, per step of the chunked loop) before the mean.
+  Costs what `fisher_trace` costs (the same per-example pass); memory holds one chunk's
+  squared gradients [chunk_size, P] (summed chunk by chunk), all B's without `chunk_size`.
 
   Args:
     logits_fn: `logits_fn(params, inputs [B, ...]) -> [B, C]`, per-example independent.

@@ -4,11 +4,12 @@ SimpleCNN on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted a
 the timed calls are interleaved over rounds (so background load hits all of them alike) and
 each cost is the median over rounds divided by the median of the mean-loss gradient.
 
-  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--new_only] [--unroll]
+  python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--part all] [--unroll]
 
 The second-part rows (per-leaf Tr(F), the Fisher diagonal, fisher_vp, Lanczos, SLQ) are also
-shown per HVP where the goal is in HVPs; `--new_only` times only them and the baseline (and the
-HVP row they are compared to).
+shown per HVP where the goal is in HVPs. `--part second` (or `--new_only`) times only them, the
+baseline and the HVP row they are compared to; `--part first` only the first part's rows (what
+the benchmark timed before the second part, for before/after comparisons).
 """
 
 import argparse
@@ -92,14 +93,18 @@ def main():
   parser.add_argument('--chunk', type=int, default=32)
   parser.add_argument('--copies_alternative', action='store_true',
                       help='also time per-example gradients via per-example parameter copies')
-  parser.add_argument('--new_only', action='store_true',
-                      help='time only the baseline, the HVP and the second-part rows')
+  parser.add_argument('--part', choices=('all', 'first', 'second'), default='all',
+                      help="the rows to time: the first part's, the second part's (with the "
+                           'baseline and the HVP), or all')
+  parser.add_argument('--new_only', action='store_true', help='the same as --part second')
   parser.add_argument('--lanczos_k', type=int, default=10)
   parser.add_argument('--iterations', type=int, default=30)
   parser.add_argument('--slq_probes', type=int, default=4)
   parser.add_argument('--unroll', action='store_true',
                       help='Lanczos and SLQ with their steps unrolled (no fori_loop)')
   args = parser.parse_args()
+  if args.new_only:
+    args.part = 'second'
 
   model = get_model('simple_cnn', num_classes=10)
   k_x, k_y, k_p, k_v = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -143,11 +148,12 @@ def main():
           lambda p, x, y, r, v: _vmapped_jvp_of_grad_forms(
               loss_of(x, y), p, jax.tree.map(lambda a: jnp.stack([a] * probes), v)), probes),
   }
-  if args.new_only:
+  if args.part == 'second':
     cases = {name: cases[name] for name in ('mean-loss gradient (baseline)',
                                             'hvp (forward-over-reverse)')}
   new_cases, per_hvp = _second_part_cases(logits_fn, loss_of, args)
-  cases.update(new_cases)
+  if args.part != 'first':
+    cases.update(new_cases)
   if args.copies_alternative:  # slow to compile (convolutions with B feature groups)
     cases['  alternative: grad w.r.t. per-example parameter copies'] = (
         lambda p, x, y, r, v: _broadcast_params_sq_norms(logits_fn, p, x, y), 1)
@@ -157,7 +163,7 @@ def main():
   one_norm = jax.jit(lambda p, x, y: optax.tree.norm(jax.grad(loss_of(x, y))(p), squared=True))
   def python_loop(p, x, y, r, v):
     return [one_norm(p, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
-  if not args.new_only:
+  if args.part != 'second':
     jitted['  comparison: Python loop over examples'] = (python_loop, 1)
 
   call_args = (params, inputs, labels, rng, v)

@@ -76,7 +76,8 @@ def sum_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
     return jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(chunk))), None
   total, _ = jax.lax.scan(body, first, jax.tree.map(lambda x: x[1:], chunks))
   if full < batch:
-    total = jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(jax.tree.map(lambda x: x[full:], xs))))
+    rest = jax.tree.map(lambda x: x[full:], xs)
+    total = jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(rest)))
   return total
 
 

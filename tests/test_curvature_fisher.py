@@ -187,6 +187,26 @@ def test_sharded_batches_give_single_device_numbers(layout):
   np.testing.assert_allclose(jax.jit(norms)(*args[:3]), single['norms'], rtol=2e-5)
 
 
+def test_a_batch_the_mesh_does_not_divide_is_padded_and_the_padding_never_counts():
+  """B = 13 on an 8-device mesh (the context mesh; the inputs replicated): the per-example work
+  pads to 16 zero examples; the means (Tr(F), diag F) and the rows equal one device's."""
+  logits_fn, params, inputs, labels = cases.fisher_problem('mlp', batch=13)
+  rng = jax.random.PRNGKey(4)
+
+  def quantities(params, inputs, labels, rng):
+    return dict(trace=curvature.fisher_trace(logits_fn, params, inputs, estimator='sampled',
+                                             rng=rng),
+                diag=curvature.fisher_diagonal(logits_fn, params, inputs, estimator='exact'),
+                norms=curvature.per_example_grad_sq_norms(logits_fn, params, inputs, labels))
+  single = jax.jit(quantities)(params, inputs, labels, rng)
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(mesh):
+    padded = jax.jit(quantities)(params, inputs, labels, rng)
+  for name in single:
+    for got, want in zip(jax.tree.leaves(padded[name]), jax.tree.leaves(single[name])):
+      np.testing.assert_allclose(got, want, rtol=2e-5, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -132,28 +132,27 @@ def _over_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tu
   batch = jax.tree.leaves(xs)[0].shape[0]
   mesh_axes = tuple(mesh.axis_names)
   spec = jax.sharding.PartitionSpec(mesh_axes)
+  rep = jax.sharding.PartitionSpec()
   # Zero examples pad the batch to a multiple of the mesh size: mapped, they are dropped; summed,
-  # their weight is 0.
-  weights = jnp.arange(batch + -batch % mesh.size) < batch
-  xs = _pad_batch(xs, mesh.size)
-  if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
-    xs, weights = jax.sharding.reshard((xs, weights), jax.sharding.NamedSharding(mesh, spec))
-    params = jax.sharding.reshard(
-        params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  # they carry a 0 weight (the weights travel with the examples).
   if reduce:
-    def weighted(p, example):
+    xs = (xs, jnp.ones((batch,), bool))  # padded with False below
+
+    def one(p, example):
       x, weight = example
       return jax.tree.map(lambda y: jnp.where(weight, y, 0), fn(p, x))
 
-    def body(p, x, w):
-      return jax.lax.psum(sum_examples(weighted, p, (x, w), chunk_size, mesh_axes), mesh_axes)
-    out_spec = jax.sharding.PartitionSpec()
+    def body(p, x):
+      return jax.lax.psum(sum_examples(one, p, x, chunk_size, mesh_axes), mesh_axes)
+    out_spec = rep
   else:
-    body = lambda p, x, w: map_examples(fn, p, x, chunk_size, mesh_axes)  # noqa: E731
+    body = lambda p, x: map_examples(fn, p, x, chunk_size, mesh_axes)  # noqa: E731
     out_spec = spec
-  rep = jax.sharding.PartitionSpec()
-  out = jax.shard_map(body, mesh=mesh, in_specs=(rep, spec, spec), out_specs=out_spec)(
-      params, xs, weights)
+  xs = _pad_batch(xs, mesh.size)
+  if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
+    xs = jax.sharding.reshard(xs, jax.sharding.NamedSharding(mesh, spec))
+    params = jax.sharding.reshard(params, jax.sharding.NamedSharding(mesh, rep))
+  out = jax.shard_map(body, mesh=mesh, in_specs=(rep, spec), out_specs=out_spec)(params, xs)
   return out if reduce else jax.tree.map(lambda y: y[:batch], out)
 
 

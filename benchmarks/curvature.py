@@ -68,9 +68,15 @@ def _second_part_cases(logits_fn, loss_of, args):
       "fisher_trace 'sampled' per_leaf": (
           lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
                                                        rng=r, per_leaf=True), 1),
+      "  fisher_trace 'sampled' per_leaf, engine='vmap'": (
+          lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
+                                                       rng=r, per_leaf=True, engine='vmap'), 1),
       "fisher_diagonal 'sampled'": (
           lambda p, x, y, r, v: curvature.fisher_diagonal(logits_fn, p, x, estimator='sampled',
                                                           rng=r), 1),
+      "  fisher_diagonal 'sampled', engine='vmap'": (
+          lambda p, x, y, r, v: curvature.fisher_diagonal(logits_fn, p, x, estimator='sampled',
+                                                          rng=r, engine='vmap'), 1),
       'fisher_vp': (
           lambda p, x, y, r, v: curvature.fisher_vp(logits_fn, p, x, v), 1),
       lanczos: (
@@ -125,6 +131,9 @@ def main():
           lambda p, x, y, r, v: jax.grad(loss_of(x, y))(p), 1),
       'per_example_grad_sq_norms': (
           lambda p, x, y, r, v: curvature.per_example_grad_sq_norms(logits_fn, p, x, y), 1),
+      "  per_example_grad_sq_norms, engine='vmap'": (
+          lambda p, x, y, r, v: curvature.per_example_grad_sq_norms(logits_fn, p, x, y,
+                                                                    engine='vmap'), 1),
       f'per_example_grad_sq_norms chunk_size={args.chunk}': (
           lambda p, x, y, r, v: curvature.per_example_grad_sq_norms(logits_fn, p, x, y,
                                                                     chunk_size=args.chunk), 1),
@@ -133,6 +142,9 @@ def main():
       "fisher_trace 'sampled'": (
           lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
                                                        rng=r), 1),
+      "  fisher_trace 'sampled', engine='vmap'": (
+          lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='sampled',
+                                                       rng=r, engine='vmap'), 1),
       "fisher_trace 'exact' (C=10)": (
           lambda p, x, y, r, v: curvature.fisher_trace(logits_fn, p, x, estimator='exact'), 1),
       'batch_fisher_trace': (

@@ -14,10 +14,10 @@ from fisher_jax.curvature import dense
 RTOL = 1e-8
 
 
-def _all_quantities(logits_fn, params, inputs, labels, rng, chunk_size=None):
+def _all_quantities(logits_fn, params, inputs, labels, rng, chunk_size=None, engine='auto'):
   """Every Fisher quantity, as a dict name -> value (per-example norms summed)."""
   out = {est: curvature.fisher_trace(logits_fn, params, inputs, estimator=est, rng=rng,
-                                     labels=labels, chunk_size=chunk_size)
+                                     labels=labels, chunk_size=chunk_size, engine=engine)
          for est in curvature.FISHER_ESTIMATORS}
   out['batch'] = curvature.batch_fisher_trace(logits_fn, params, inputs, rng=rng)
   out['grad_norm'] = curvature.gradient_norm(logits_fn, params, inputs, labels)
@@ -42,17 +42,20 @@ def test_cross_entropy_and_accuracy_match_definitions(x64):
 # ----------------------------------------------------------------------------- Fisher vs dense
 
 
+@pytest.mark.parametrize('engine', ['layers', 'vmap'])
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
-def test_every_fisher_quantity_matches_dense(x64, kind):
+def test_every_fisher_quantity_matches_dense(x64, kind, engine):
   """Per-example norms, the three estimators ('sampled' against the dense value at the same
-  sampled labels), Tr(F_B) and the gradient norm, against `dense` at rtol 1e-8."""
+  sampled labels), Tr(F_B) and the gradient norm, against `dense` at rtol 1e-8, on both
+  engines of the per-example pass."""
   logits_fn, params, inputs, labels = cases.fisher_problem(kind)
   rng = jax.random.PRNGKey(3)
 
   def everything(module, params, inputs, labels, rng):
+    kw = {} if module is dense else dict(engine=engine)
     out = {est: module.fisher_trace(logits_fn, params, inputs, estimator=est, rng=rng,
-                                    labels=labels) for est in curvature.FISHER_ESTIMATORS}
-    out['norms'] = module.per_example_grad_sq_norms(logits_fn, params, inputs, labels)
+                                    labels=labels, **kw) for est in curvature.FISHER_ESTIMATORS}
+    out['norms'] = module.per_example_grad_sq_norms(logits_fn, params, inputs, labels, **kw)
     out['batch'] = module.batch_fisher_trace(logits_fn, params, inputs, rng=rng)
     out['grad_norm'] = module.gradient_norm(logits_fn, params, inputs, labels)
     return out
@@ -119,17 +122,20 @@ def test_chunk_size_does_not_change_results(x64):
                                                 (curvature.fisher_trace, 'exact'),
                                                 (curvature.fisher_diagonal, 'sampled')])
 def test_chunked_peak_memory_does_not_grow_with_the_batch(function, estimator):
-  """XLA's temp buffers for B = 64 and B = 256 (chunks of 16): unchunked, they grow by about the
-  size of the extra per-example gradients (192 x P floats, C times that for 'exact'); chunked,
-  by less than 1% of it (the diagonal too: its squared gradients are summed chunk by chunk)."""
+  """XLA's temp buffers for B = 64 and B = 256 (chunks of 16): on the vmap engine, unchunked,
+  they grow by about the size of the extra per-example gradients (192 x P floats, C times that
+  for 'exact'); chunked, by less than 1% of it (the diagonal too: its squared gradients are
+  summed chunk by chunk). The layers engine never forms a dense layer's per-example gradients:
+  unchunked, it grows by less than 10% of them (its layers' output gradients, C of them per
+  example for 'exact')."""
   model = cases.WideMLP()
   params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))['params']
   logits_fn = lambda p, x: model.apply({'params': p}, x)
   num_params = sum(p.size for p in jax.tree.leaves(params))
 
-  def temp_bytes(batch, chunk_size):
+  def temp_bytes(batch, chunk_size, engine='vmap'):
     fn = jax.jit(functools.partial(function, logits_fn, estimator=estimator,
-                                   chunk_size=chunk_size))
+                                   chunk_size=chunk_size, engine=engine))
     inputs = jax.ShapeDtypeStruct((batch, 16), jnp.float32)
     compiled = fn.lower(params, inputs, rng=jax.random.PRNGKey(0)).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -137,6 +143,7 @@ def test_chunked_peak_memory_does_not_grow_with_the_batch(function, estimator):
   extra_grads_bytes = (256 - 64) * num_params * 4
   assert temp_bytes(256, None) - temp_bytes(64, None) > 0.5 * extra_grads_bytes
   assert temp_bytes(256, 16) - temp_bytes(64, 16) < 0.01 * extra_grads_bytes
+  assert temp_bytes(256, None, 'layers') - temp_bytes(64, None, 'layers') < 0.1 * extra_grads_bytes
 
 
 def test_map_in_chunks_keeps_example_order():
@@ -160,10 +167,12 @@ def _sharding_problem():
   return logits_fn, params, inputs, labels, rng, single
 
 
-@pytest.mark.parametrize('layout', ['jit_auto', 'jit_explicit', 'shard_map'])
-def test_sharded_batches_give_single_device_numbers(layout):
-  """8 devices give the one-device numbers: under jit with the batch sharded over the mesh
-  (XLA alone gets vmapped conv gradients of a sharded batch wrong) and inside shard_map."""
+@pytest.mark.parametrize('layout,engine', [('jit_auto', 'auto'), ('jit_explicit', 'auto'),
+                                           ('shard_map', 'auto'), ('jit_explicit', 'vmap')])
+def test_sharded_batches_give_single_device_numbers(layout, engine):
+  """8 devices give the one-device numbers (of the default engine, 'layers' for this CNN): under
+  jit with the batch sharded over the mesh (XLA alone gets vmapped conv gradients of a sharded
+  batch wrong) and inside shard_map; the vmap engine too (on the hardest layout)."""
   logits_fn, params, inputs, labels, rng, single = _sharding_problem()
   axis_type = (jax.sharding.AxisType.Explicit if layout == 'jit_explicit'
                else jax.sharding.AxisType.Auto)
@@ -172,7 +181,7 @@ def test_sharded_batches_give_single_device_numbers(layout):
   shard = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, batch_spec))
   args = (jax.device_put(params, jax.sharding.NamedSharding(mesh, rep_spec)), shard(inputs),
           shard(labels), rng)
-  fn = functools.partial(_all_quantities, logits_fn, chunk_size=2)
+  fn = functools.partial(_all_quantities, logits_fn, chunk_size=2, engine=engine)
   if layout == 'shard_map':
     fn = jax.shard_map(fn, mesh=mesh, in_specs=(rep_spec, batch_spec, batch_spec, rep_spec),
                        out_specs=rep_spec)
@@ -180,24 +189,29 @@ def test_sharded_batches_give_single_device_numbers(layout):
   for name in sharded:
     np.testing.assert_allclose(sharded[name], single[name], rtol=2e-5, err_msg=name)
   # Per-example rows come back in example order (inside shard_map: each device's own rows).
-  norms = functools.partial(curvature.per_example_grad_sq_norms, logits_fn)
+  norms = functools.partial(curvature.per_example_grad_sq_norms, logits_fn, engine=engine)
   if layout == 'shard_map':
     norms = jax.shard_map(norms, mesh=mesh, in_specs=(rep_spec, batch_spec, batch_spec),
                           out_specs=batch_spec)
   np.testing.assert_allclose(jax.jit(norms)(*args[:3]), single['norms'], rtol=2e-5)
 
 
-def test_a_batch_the_mesh_does_not_divide_is_padded_and_the_padding_never_counts():
+@pytest.mark.parametrize('engine', ['layers', 'vmap'])
+def test_a_batch_the_mesh_does_not_divide_is_padded_and_the_padding_never_counts(engine):
   """B = 13 on an 8-device mesh (the context mesh; the inputs replicated): the per-example work
-  pads to 16 zero examples; the means (Tr(F), diag F) and the rows equal one device's."""
+  pads to 16 zero examples; the means (Tr(F), diag F) and the rows equal one device's, on
+  both engines."""
   logits_fn, params, inputs, labels = cases.fisher_problem('mlp', batch=13)
   rng = jax.random.PRNGKey(4)
 
   def quantities(params, inputs, labels, rng):
+    kw = dict(engine=engine)
     return dict(trace=curvature.fisher_trace(logits_fn, params, inputs, estimator='sampled',
-                                             rng=rng),
-                diag=curvature.fisher_diagonal(logits_fn, params, inputs, estimator='exact'),
-                norms=curvature.per_example_grad_sq_norms(logits_fn, params, inputs, labels))
+                                             rng=rng, **kw),
+                diag=curvature.fisher_diagonal(logits_fn, params, inputs, estimator='exact',
+                                               **kw),
+                norms=curvature.per_example_grad_sq_norms(logits_fn, params, inputs, labels,
+                                                          **kw))
   single = jax.jit(quantities)(params, inputs, labels, rng)
   mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   with jax.set_mesh(mesh):

@@ -19,8 +19,8 @@ def _leaf_sums(flat, params):
   return jax.tree.map(jnp.sum, ravel_pytree(params)[1](flat))
 
 
-def _ours(logits_fn, params, inputs, labels, rng, chunk_size=None):
-  kw = dict(rng=rng, labels=labels, chunk_size=chunk_size)
+def _ours(logits_fn, params, inputs, labels, rng, chunk_size=None, engine='auto'):
+  kw = dict(rng=rng, labels=labels, chunk_size=chunk_size, engine=engine)
   out = {}
   for e in curvature.FISHER_ESTIMATORS:
     out[f'trace_{e}'] = curvature.fisher_trace(logits_fn, params, inputs, estimator=e, **kw)
@@ -51,14 +51,16 @@ def _dense(logits_fn, params, inputs, labels, rng):
   return out
 
 
+@pytest.mark.parametrize('engine', ['layers', 'vmap'])
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
-def test_per_leaf_traces_and_diagonals_match_dense(x64, kind):
+def test_per_leaf_traces_and_diagonals_match_dense(x64, kind, engine):
   """Per-leaf Tr(F) of every estimator equals the dense blocks' traces and diag F the dense
   diagonal (rtol 1e-10); the leaves sum to the totals (rtol 1e-12), Tr(F_B)'s too; chunks of 3
   change nothing."""
   logits_fn, params, inputs, labels = cases.fisher_problem(kind)
   rng = jax.random.PRNGKey(3)
-  fn = cases.cheap_jit(functools.partial(_ours, logits_fn), static_argnames='chunk_size')
+  fn = cases.cheap_jit(functools.partial(_ours, logits_fn, engine=engine),
+                       static_argnames='chunk_size')
   got = fn(params, inputs, labels, rng)
   want = cases.cheap_jit(functools.partial(_dense, logits_fn))(params, inputs, labels, rng)
   for name in want:

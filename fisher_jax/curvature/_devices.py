@@ -33,6 +33,35 @@ def check_chunk_size(chunk_size):
                      '(all examples at once).')
 
 
+def _split(xs, chunk_size: int):
+  """`xs` as full chunks (leaves [n, chunk_size, ...]) and the rest (None if B divides)."""
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  full = batch // chunk_size * chunk_size
+  chunks = jax.tree.map(lambda x: x[:full].reshape((-1, chunk_size) + x.shape[1:]), xs)
+  rest = jax.tree.map(lambda x: x[full:], xs) if full < batch else None
+  return chunks, rest
+
+
+def _whole(xs, chunk_size: Optional[int]) -> bool:
+  check_chunk_size(chunk_size)
+  return chunk_size is None or chunk_size >= jax.tree.leaves(xs)[0].shape[0]
+
+
+def map_chunks(chunk_fn: Callable, xs, chunk_size: Optional[int]):
+  """`chunk_fn(xs)` (leaves [B, ...] in, [B, ...] out), `chunk_size` examples at a time.
+
+  Consecutive chunks run in a `jax.lax.map` (the last B mod chunk_size examples in one more
+  call) and the outputs are concatenated in example order, so peak memory is one chunk's.
+  """
+  if _whole(xs, chunk_size):
+    return chunk_fn(xs)
+  chunks, rest = _split(xs, chunk_size)
+  out = jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), jax.lax.map(chunk_fn, chunks))
+  if rest is None:
+    return out
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, chunk_fn(rest))
+
+
 def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
   """Applies a per-example `fn` to every example of `xs`, `chunk_size` examples at a time.
 
@@ -46,39 +75,46 @@ def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
     consecutive chunks in a loop (the last B mod chunk_size examples in one more vmap), so peak
     memory is that of one chunk.
   """
-  check_chunk_size(chunk_size)
-  batch = jax.tree.leaves(xs)[0].shape[0]
-  if chunk_size is None or chunk_size >= batch:
-    return jax.vmap(fn)(xs)
-  return jax.lax.map(fn, xs, batch_size=chunk_size)
+  return map_chunks(jax.vmap(fn), xs, chunk_size)
 
 
 def _sum0(tree):
   return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
 
 
-def sum_in_chunks(fn: Callable, xs, chunk_size: Optional[int]):
-  """Σ_i fn(x_i) over the leading axis of `xs`, `chunk_size` examples vmapped at a time.
+def sum_chunks(chunk_sum: Callable, xs, chunk_size: Optional[int]):
+  """Σ over chunks of `chunk_sum(chunk)` (each the sum of a chunk's values), `chunk_size`
+  examples at a time.
 
-  Like `_sum0(map_in_chunks(fn, xs, chunk_size))`, but the chunks' sums are accumulated in a
-  `jax.lax.scan`, so memory holds one chunk's values (the per-example values of all B examples
-  never exist together). The sum's order depends on `chunk_size` (rounding only).
+  The chunks' sums are accumulated in a `jax.lax.scan`, so memory holds one chunk's values
+  (the per-example values of all B examples never exist together). The sum's order depends on
+  `chunk_size` (rounding only).
   """
-  check_chunk_size(chunk_size)
-  batch = jax.tree.leaves(xs)[0].shape[0]
-  if chunk_size is None or chunk_size >= batch:
-    return _sum0(jax.vmap(fn)(xs))
-  full = batch // chunk_size * chunk_size
-  chunks = jax.tree.map(lambda x: x[:full].reshape((-1, chunk_size) + x.shape[1:]), xs)
-  first = _sum0(jax.vmap(fn)(jax.tree.map(lambda x: x[0], chunks)))
+  if _whole(xs, chunk_size):
+    return chunk_sum(xs)
+  chunks, rest = _split(xs, chunk_size)
+  first = chunk_sum(jax.tree.map(lambda x: x[0], chunks))
 
   def body(total, chunk):
-    return jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(chunk))), None
+    return jax.tree.map(jnp.add, total, chunk_sum(chunk)), None
   total, _ = jax.lax.scan(body, first, jax.tree.map(lambda x: x[1:], chunks))
-  if full < batch:
-    rest = jax.tree.map(lambda x: x[full:], xs)
-    total = jax.tree.map(jnp.add, total, _sum0(jax.vmap(fn)(rest)))
+  if rest is not None:
+    total = jax.tree.map(jnp.add, total, chunk_sum(rest))
   return total
+
+
+def per_example(fn: Callable, reduce: bool) -> Callable:
+  """The chunk function of a per-example `fn(params, example)` (see `map_examples`)."""
+  if not reduce:
+    return lambda params, xs: jax.vmap(lambda x: fn(params, x))(xs)
+
+  def chunk_sum(params, xs, weights):
+    values = jax.vmap(lambda x: fn(params, x))(xs)
+    if weights is None:
+      return _sum0(values)
+    return jax.tree.map(lambda v: jnp.sum(jnp.where(
+        weights.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0), values)
+  return chunk_sum
 
 
 def on_explicit_mesh(tree) -> bool:
@@ -119,16 +155,17 @@ def _inputs_mesh(xs):
 
 
 def _over_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...],
-                   reduce: bool):
+                   reduce: bool, batched: bool):
   """`map_examples` (reduce=False) and `sum_examples` (reduce=True)."""
   check_chunk_size(chunk_size)
-  apply = sum_in_chunks if reduce else map_in_chunks
+  chunk_fn = fn if batched else per_example(fn, reduce)
   if axes:
     params = _core.as_varying(params, axes)
-    return apply(lambda x: fn(params, x), xs, chunk_size)
-  mesh = _inputs_mesh(xs)
+  mesh = None if axes else _inputs_mesh(xs)
   if mesh is None:
-    return apply(lambda x: fn(params, x), xs, chunk_size)
+    if reduce:
+      return sum_chunks(lambda x: chunk_fn(params, x, None), xs, chunk_size)
+    return map_chunks(lambda x: chunk_fn(params, x), xs, chunk_size)
   batch = jax.tree.leaves(xs)[0].shape[0]
   mesh_axes = tuple(mesh.axis_names)
   spec = jax.sharding.PartitionSpec(mesh_axes)
@@ -138,15 +175,18 @@ def _over_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tu
   if reduce:
     xs = (xs, jnp.ones((batch,), bool))  # padded with False below
 
-    def one(p, example):
-      x, weight = example
-      return jax.tree.map(lambda y: jnp.where(weight, y, 0), fn(p, x))
+    def weighted(p, example, weights):
+      del weights  # None: the only weights are the padding's, which travel with the examples
+      x, padding = example
+      return chunk_fn(p, x, padding)
 
     def body(p, x):
-      return jax.lax.psum(sum_examples(one, p, x, chunk_size, mesh_axes), mesh_axes)
+      return jax.lax.psum(sum_examples(weighted, p, x, chunk_size, mesh_axes, batched=True),
+                          mesh_axes)
     out_spec = rep
   else:
-    body = lambda p, x: map_examples(fn, p, x, chunk_size, mesh_axes)  # noqa: E731
+    body = lambda p, x: map_examples(chunk_fn, p, x, chunk_size, mesh_axes,  # noqa: E731
+                                     batched=True)
     out_spec = spec
   xs = _pad_batch(xs, mesh.size)
   if mesh.explicit_axes:  # explicit sharding: shard_map wants inputs laid out as its in_specs
@@ -156,11 +196,13 @@ def _over_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tu
   return out if reduce else jax.tree.map(lambda y: y[:batch], out)
 
 
-def map_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...]):
+def map_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...], *,
+                 batched: bool = False):
   """`jax.vmap(lambda x: fn(params, x))(xs)` in chunks, correct on any device layout.
 
   Args:
-    fn: `fn(params, example) -> pytree`, one example without the batch axis.
+    fn: `fn(params, example) -> pytree`, one example without the batch axis; with `batched`,
+      `fn(params, chunk) -> pytree` of a chunk of examples (leaves [b, ...] in and out).
     params: the parameter pytree.
     xs: pytree of arrays with a common leading batch axis (this device's rows inside shard_map).
     chunk_size: examples per vmap call on each device; None: all at once.
@@ -169,18 +211,21 @@ def map_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tupl
   Returns:
     Leaves [B, ...] (this device's rows inside shard_map).
   """
-  return _over_examples(fn, params, xs, chunk_size, axes, reduce=False)
+  return _over_examples(fn, params, xs, chunk_size, axes, reduce=False, batched=batched)
 
 
-def sum_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...]):
+def sum_examples(fn: Callable, params, xs, chunk_size: Optional[int], axes: Tuple[str, ...], *,
+                 batched: bool = False):
   """Σ_i fn(params, x_i) over the examples of `xs`, chunk by chunk, on any device layout.
 
   The same placement as `map_examples`, but each chunk's values are summed as they are made
-  (`sum_in_chunks`): memory holds one chunk's per-example values, which matters when they are
-  as large as the parameters (a diagonal).
+  (`sum_chunks`): memory holds one chunk's per-example values, which matters when they are
+  as large as the parameters (a diagonal). With `batched`, `fn(params, chunk, weights)` gives
+  the sum over a chunk's examples itself, leaving out those whose `weights` [b] (bool) are
+  False (the padding of a batch the mesh does not divide; `weights` is None without padding).
 
   Returns:
     Leaves shaped like one example's `fn` value: the sum over this device's rows inside
     shard_map (with `axes`), over the whole batch otherwise.
   """
-  return _over_examples(fn, params, xs, chunk_size, axes, reduce=True)
+  return _over_examples(fn, params, xs, chunk_size, axes, reduce=True, batched=batched)

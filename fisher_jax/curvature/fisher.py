@@ -16,6 +16,15 @@ z [B, C] with the `rng` given: the same (params, inputs, rng) give the same labe
 (`_core.gumbel_rows`) and the arg-max taken inside the per-example pass, which saves a separate
 forward pass over the batch.
 
+Engines. The per-example squared gradients come from one of two passes, with the same numbers
+(tested against the dense references on both) and the same gradients with respect to θ:
+* 'layers' (`_layers`): each Dense and Conv layer's per-example weight gradient Σ_n a_in ⊗ δ_in
+  from its inputs a and output gradients δ, all examples' δ from one backward pass of the
+  chunk; about one gradient's cost, and a dense layer's squares without forming its gradients.
+  For models whose parameters are all kernels and biases of flax `nn.Dense`/`nn.Conv` layers.
+* 'vmap': a backward pass per example, `jax.vmap` over the examples; any model.
+`engine='auto'` (the default) takes 'layers' where it covers the model.
+
 Chunking. Per-example work (a vmap over examples) runs over chunks of `chunk_size` consecutive
 examples in a `lax.map`, so peak memory is that of one chunk. Results do not depend on
 `chunk_size` (up to floating-point summation order).
@@ -42,6 +51,7 @@ import optax
 
 from fisher_jax.curvature import _core
 from fisher_jax.curvature import _devices
+from fisher_jax.curvature import _layers
 from fisher_jax.curvature._devices import map_in_chunks  # noqa: F401  (public API)
 
 LogitsFn = Callable[..., jax.Array]
@@ -62,48 +72,95 @@ _REDUCTIONS = {
     'elementwise': lambda squares: squares,
 }
 
-
-def _squares(grads, class_axis=False):
-  """g ⊙ g leaf by leaf; with `class_axis`, summed over the leading axis of C cotangents."""
-  if class_axis:
-    return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads)
-  return jax.tree.map(lambda g: g * g, grads)
+ENGINES = ('auto', 'layers', 'vmap')
 
 
-def _example_ce_grad(logits_fn, params, x, label):
-  """∇θ CE(x, y) of one example (x without the batch axis; label [] or `label(z [1, C])`)."""
-  return _core.mean_ce_grad(logits_fn, params, x[None],
-                            label if callable(label) else label[None])[0]
+# An estimator is the logits cotangents u_ri of each example whose gradients g_ri = J_iᵀ u_ri
+# are squared (summed over r): `rows(z [b, C], extra) -> [R, b, C]` with `extra` the estimator's
+# per-example data (labels, Gumbel noise, or None), mapped over with the examples.
 
 
-# The per-example passes: each returns `(one, xs)`, the function `one(params, example)` of one
-# example (without the batch axis) giving `reduce(g ⊙ g)` of its gradients at the estimator's
-# labels, and the examples `xs` it maps over (`_devices.map_examples` or `sum_examples`).
+def _label_rows(z, labels):
+  """One row, p_i - e_{y_i}: g_i = ∇θ CE(x_i, y_i)."""
+  return _core.ce_logit_grad(z, labels)[None]
 
 
-def _sampled_pass(logits_fn, params, inputs, rng, axes, reduce):
-  """∇θ CE(x_i, ŷ_i) at the sampled labels, the arg-max taken in the per-example pass."""
-  shape = jax.eval_shape(logits_fn, params, inputs)
-  gumbel = _core.gumbel_rows(rng, shape.shape, shape.dtype, axes)
+def _sampled_rows(z, noise):
+  """One row at the labels ŷ_i = argmax(z_i + G_i), drawn where the logits are."""
+  return _label_rows(z, _core.labels_from_noise(z, noise))
 
+
+def _exact_rows(z, extra):
+  """C rows u_ic = sqrt(p_ic) (p_i - e_c): Σ_c u_ic u_icᵀ = diag(p_i) - p_i p_iᵀ, so Σ_c g_ic ⊙
+  g_ic is Σ_c p_i(c) ∇θ CE(x_i, c)², entry by entry."""
+  del extra
+  p = jax.nn.softmax(z)
+  rows = jnp.sqrt(p)[:, :, None] * (p[:, None, :] - jnp.eye(z.shape[-1], dtype=z.dtype))
+  return jnp.swapaxes(rows, 0, 1)
+
+
+def _estimator(caller, estimator, params, inputs, logits_fn, rng, labels, axes):
+  """`(rows, extra)` of an estimator ('empirical', 'sampled', 'exact'); see `_label_rows`."""
+  if estimator == 'empirical':
+    if labels is None:
+      raise ValueError(f"{caller}(estimator='empirical') needs labels=[B] true labels.")
+    return _label_rows, labels
+  if estimator == 'sampled':
+    if rng is None:
+      raise ValueError(f"{caller}(estimator='sampled') needs rng=a PRNG key to sample "
+                       'labels from the model.')
+    shape = jax.eval_shape(logits_fn, params, inputs)
+    return _sampled_rows, _core.gumbel_rows(rng, shape.shape, shape.dtype, axes)
+  if estimator == 'exact':
+    return _exact_rows, None
+  raise ValueError(f'estimator={estimator!r} is unknown; choose one of '
+                   f'{list(FISHER_ESTIMATORS)}.')
+
+
+def _use_layers(caller, engine, logits_fn, params, inputs) -> bool:
+  """Whether the per-example pass runs on the 'layers' engine (see `fisher_trace`)."""
+  if engine not in ENGINES:
+    raise ValueError(f'{caller}(engine={engine!r}) is unknown; choose one of {list(ENGINES)}.')
+  if engine == 'vmap':
+    return False
+  reason = _layers.unsupported_reason(logits_fn, params, inputs)
+  if reason is not None and engine == 'layers':
+    raise ValueError(f"{caller}(engine='layers') does not cover this model: {reason}; pass "
+                     "engine='auto' (or 'vmap') to use per-example gradients by vmap.")
+  return reason is None
+
+
+def _per_example_squares(logits_fn, rows, reduce):
+  """The vmap engine: `one(params, (x, extra))`, `reduce` of Σ_r g_r ⊙ g_r of one example."""
   def one(p, example):
-    x, noise = example
-    return reduce(_squares(_example_ce_grad(
-        logits_fn, p, x, lambda z: _core.labels_from_noise(z, noise[None]))))
-  return one, (inputs, gumbel)
+    x, extra = example
+    z, vjp = jax.vjp(lambda q: logits_fn(q, x[None]), p)
+    cotangents = rows(z, jax.tree.map(lambda e: e[None], extra))[:, 0]  # [R, C]
+    if cotangents.shape[0] == 1:
+      (grads,) = vjp(cotangents)
+      return reduce(jax.tree.map(lambda g: g * g, grads))
+    (grads,) = jax.vmap(vjp)(cotangents[:, None])
+    return reduce(jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads))
+  return one
 
 
-def _label_pass(logits_fn, inputs, labels, reduce):
-  """∇θ CE(x_i, y_i) at given labels."""
-  def one(p, example):
-    x, y = example
-    return reduce(_squares(_example_ce_grad(logits_fn, p, x, y)))
-  return one, (inputs, labels)
+def _layer_squares(logits_fn, rows, reduction):
+  """The layers engine: the chunk function `(params, (x, extra), weights) -> ` the sum over
+  the chunk's examples (`reduction` 'rows': per example, without weights)."""
+  def chunk(p, example, weights=None):
+    x, extra = example
+
+    def cotangents(z):
+      u = rows(z, extra)
+      return u if weights is None else jnp.where(weights[None, :, None], u, 0)
+    return _layers.squares(logits_fn, p, x, cotangents, reduction)
+  return chunk
 
 
 def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
                               chunk_size: Optional[int] = None,
-                              axis_name: _core.AxisName = None) -> jax.Array:
+                              axis_name: _core.AxisName = None,
+                              engine: str = 'auto') -> jax.Array:
   """Squared norms of the per-example parameter gradients, ‖∇θ CE(x_i, y_i)‖².
 
   Args:
@@ -114,58 +171,42 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     chunk_size: examples per vmap call on each device (bounds memory); None: all at once.
     axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
       manual axis); see the module docstring.
+    engine: how the per-example gradients are had; see `fisher_trace`.
 
   Returns:
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
     average). The full [B, P] Jacobian is never formed beyond one chunk.
   """
-  one, xs = _label_pass(logits_fn, inputs, labels, _REDUCTIONS['total'])
-  return _devices.map_examples(one, params, xs, chunk_size, _core.batch_axes(axis_name))
-
-
-def _exact_pass(logits_fn, inputs, reduce):
-  """Σ_c p_i(c) ∇θ CE(x_i, c) ⊙ ∇θ CE(x_i, c), per example."""
-  def one(p, x):
-    z, vjp = jax.vjp(lambda q: logits_fn(q, x[None])[0], p)
-    p = jax.nn.softmax(z)
-    # Rows u_c = sqrt(p_c) (p - e_c): Σ_c u_c u_cᵀ = diag(p) - p pᵀ, so Σ_c (J^T u_c)² is
-    # Σ_c p_c ∇θ CE(x, c)², entry by entry.
-    cotangents = jnp.sqrt(p)[:, None] * (p[None, :] - jnp.eye(z.shape[-1], dtype=z.dtype))
-    (grads,) = jax.vmap(vjp)(cotangents)
-    return reduce(_squares(grads, class_axis=True))
-  return one, inputs
+  axes = _core.batch_axes(axis_name)
+  xs = (inputs, labels)
+  if _use_layers('per_example_grad_sq_norms', engine, logits_fn, params, inputs):
+    return _devices.map_examples(_layer_squares(logits_fn, _label_rows, 'rows'), params, xs,
+                                 chunk_size, axes, batched=True)
+  one = _per_example_squares(logits_fn, _label_rows, _REDUCTIONS['total'])
+  return _devices.map_examples(one, params, xs, chunk_size, axes)
 
 
 def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chunk_size,
-                 axis_name, reduction):
+                 axis_name, reduction, engine):
   """The mean over the (global) batch of `reduction` of the per-example squared gradients at
   the estimator's labels: the one per-example pass behind fisher_trace and fisher_diagonal,
   summed chunk by chunk (`_devices.sum_examples`: memory holds one chunk's squares)."""
   axes = _core.batch_axes(axis_name)
-  reduce = _REDUCTIONS[reduction]
-  if estimator == 'empirical':
-    if labels is None:
-      raise ValueError(f"{caller}(estimator='empirical') needs labels=[B] true labels.")
-    one, xs = _label_pass(logits_fn, inputs, labels, reduce)
-  elif estimator == 'sampled':
-    if rng is None:
-      raise ValueError(f"{caller}(estimator='sampled') needs rng=a PRNG key to sample "
-                       'labels from the model.')
-    one, xs = _sampled_pass(logits_fn, params, inputs, rng, axes, reduce)
-  elif estimator == 'exact':
-    one, xs = _exact_pass(logits_fn, inputs, reduce)
+  rows, extra = _estimator(caller, estimator, params, inputs, logits_fn, rng, labels, axes)
+  if _use_layers(caller, engine, logits_fn, params, inputs):
+    total = _devices.sum_examples(_layer_squares(logits_fn, rows, reduction), params,
+                                  (inputs, extra), chunk_size, axes, batched=True)
   else:
-    raise ValueError(f'estimator={estimator!r} is unknown; choose one of '
-                     f'{list(FISHER_ESTIMATORS)}.')
-  total = _devices.sum_examples(one, params, xs, chunk_size, axes)
-  rows = jax.tree.leaves(inputs)[0].shape[0]  # this device's inside shard_map, else all
-  return _core.global_mean(jax.tree.map(lambda x: x / rows, total), axes)
+    one = _per_example_squares(logits_fn, rows, _REDUCTIONS[reduction])
+    total = _devices.sum_examples(one, params, (inputs, extra), chunk_size, axes)
+  rows_here = jax.tree.leaves(inputs)[0].shape[0]  # this device's inside shard_map, else all
+  return _core.global_mean(jax.tree.map(lambda x: x / rows_here, total), axes)
 
 
 def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
                  rng: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
                  chunk_size: Optional[int] = None, axis_name: _core.AxisName = None,
-                 per_leaf: bool = False):
+                 per_leaf: bool = False, engine: str = 'auto'):
   """Trace of the Fisher information, averaged over the B inputs.
 
   Estimators (each a mean over the B inputs of a sum over all P parameters):
@@ -189,6 +230,13 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     per_leaf: return a pytree like `params` of scalars instead: leaf l is the same mean with
       the squared norm taken over that leaf's parameters only (the trace of F's diagonal block
       of the leaf); the leaves sum to the total. Same per-example pass, no extra cost.
+    engine: how the per-example gradients are had (the same numbers either way):
+      'layers': from each layer's inputs and output gradients, one forward and one backward
+        pass of the chunk (about one gradient's cost; BackPACK's way), for models whose
+        parameters are all kernels and biases of flax `nn.Dense` and `nn.Conv` layers (see
+        `fisher_jax.curvature._layers`); ValueError naming the reason for any other model.
+      'vmap': a per-example backward pass, `jax.vmap` over the examples (any model).
+      'auto' (default): 'layers' where it covers the model, 'vmap' otherwise.
 
   Returns:
     Scalar Tr(F) estimate (a pytree of scalars with `per_leaf`).
@@ -197,12 +245,13 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     ValueError: unknown estimator, or the argument the estimator needs is missing.
   """
   return _fisher_mean('fisher_trace', logits_fn, params, inputs, estimator, rng, labels,
-                      chunk_size, axis_name, 'per_leaf' if per_leaf else 'total')
+                      chunk_size, axis_name, 'per_leaf' if per_leaf else 'total', engine)
 
 
 def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
                     rng: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
-                    chunk_size: Optional[int] = None, axis_name: _core.AxisName = None):
+                    chunk_size: Optional[int] = None, axis_name: _core.AxisName = None,
+                    engine: str = 'auto'):
   """Diagonal of the Fisher information, diag F, averaged over the B inputs.
 
   Entry p of each estimator (a mean over the B inputs; the estimators of `fisher_trace`, whose
@@ -225,6 +274,7 @@ def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     chunk_size: examples per vmap call on each device; None: all at once.
     axis_name: inside `jax.shard_map`, the mesh axes the batch is split over (default: every
       manual axis).
+    engine: 'auto', 'layers' or 'vmap', as in `fisher_trace`.
 
   Returns:
     A pytree like `params`: diag F.
@@ -233,7 +283,7 @@ def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     ValueError: unknown estimator, or the argument the estimator needs is missing.
   """
   return _fisher_mean('fisher_diagonal', logits_fn, params, inputs, estimator, rng, labels,
-                      chunk_size, axis_name, 'elementwise')
+                      chunk_size, axis_name, 'elementwise', engine)
 
 
 def batch_grad_sq_norm(logits_fn: LogitsFn, params, inputs, labels: _core.LabelsArg, *,

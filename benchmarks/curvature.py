@@ -1,10 +1,11 @@
 """Cost of the curvature measurements as ratios to one mean-loss gradient, measured in one run.
 
-SimpleCNN on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted and warmed up;
+SimpleCNN (or `--model`, any of the zoo's) on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted and warmed up;
 the timed calls are interleaved over rounds (so background load hits all of them alike) and
 each cost is the median over rounds divided by the median of the mean-loss gradient.
 
   python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--part all] [--unroll]
+                                 [--model simple_cnn]
 
 The second-part rows (per-leaf Tr(F), the Fisher diagonal, fisher_vp, Lanczos, SLQ) are also
 shown per HVP where the goal is in HVPs. `--part second` (or `--new_only`) times only them, the
@@ -94,6 +95,8 @@ def _second_part_cases(logits_fn, loss_of, args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--model', default='simple_cnn',
+                      help='a model of the zoo (fisher_jax.models), e.g. resnet18')
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--probes', type=int, default=8)
   parser.add_argument('--chunk', type=int, default=32)
@@ -112,12 +115,15 @@ def main():
   if args.new_only:
     args.part = 'second'
 
-  model = get_model('simple_cnn', num_classes=10)
+  model = get_model(args.model, num_classes=10)
   k_x, k_y, k_p, k_v = jax.random.split(jax.random.PRNGKey(0), 4)
   inputs = jax.random.normal(k_x, (args.batch, 32, 32, 3), jnp.float32)
   labels = jax.random.randint(k_y, (args.batch,), 0, 10)
-  params = model.init(k_p, inputs[:1])['params']
-  logits_fn = curvature.make_logits_fn(model)
+  variables = model.init(k_p, inputs[:1])
+  params = variables['params']
+  # BatchNorm models in evaluation mode (their running averages are small: closing over them
+  # costs no compile time).
+  logits_fn = curvature.make_logits_fn(model, variables.get('batch_stats'))
   v = optax.tree.random_like(k_v, params)
   rng = jax.random.PRNGKey(1)
   probes = args.probes
@@ -192,7 +198,7 @@ def main():
       times[name].append(time.perf_counter() - start)
     print(f'round {round_index + 1}/{args.rounds} done', file=sys.stderr, flush=True)
   base = np.median(times['mean-loss gradient (baseline)'])
-  print(f'SimpleCNN, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
+  print(f'{args.model}, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
         f'{args.rounds} rounds; cost / one mean-loss gradient (median):')
   hvp_cost = np.median(times['hvp (forward-over-reverse)']) / base
   for name, (_, div) in jitted.items():

@@ -3,6 +3,7 @@ inputs and output gradients) against dense float64 references, and the models it
 the vmap engine."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -19,16 +20,18 @@ F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 
 
 class ConvZoo(nn.Module):
-  """Every convolution and dense layout the engine handles, in float64: strides, VALID, explicit
-  and SAME padding, kernel dilation, rectangular and int kernels, no bias, a 1-D convolution
-  and a dense layer on [B, T, D] tokens."""
+  """Every layer layout the engine handles, in float64: strides, VALID, explicit and SAME
+  padding, kernel dilation, rectangular and int kernels, no bias, a 1-D convolution, a dense
+  layer on [B, T, D] tokens, BatchNorm with running averages (with and without a scale)."""
 
   @nn.compact
   def __call__(self, x):  # [B, 7, 6, 2]
-    x = jnp.tanh(nn.Conv(3, (3, 2), strides=(2, 1), padding='VALID', **F64)(x))
+    x = nn.Conv(3, (3, 2), strides=(2, 1), padding='VALID', **F64)(x)
+    x = jnp.tanh(nn.BatchNorm(use_running_average=True, **F64)(x))
     x = jnp.tanh(nn.Conv(3, (2, 2), padding=((1, 0), (2, 1)), kernel_dilation=(1, 2),
                          use_bias=False, **F64)(x))
-    x = jnp.tanh(nn.Conv(2, (3, 3), strides=2, **F64)(x))  # SAME
+    x = nn.Conv(2, (3, 3), strides=2, use_bias=False, **F64)(x)  # SAME
+    x = jnp.tanh(nn.BatchNorm(use_running_average=True, use_scale=False, **F64)(x))
     b = x.shape[0]
     x = jnp.tanh(nn.Conv(2, (2,), strides=2, padding=1, **F64)(x.reshape((b, -1, 2))))
     x = jnp.tanh(nn.Dense(3, **F64)(x))  # on tokens [B, T, 2]
@@ -40,9 +43,12 @@ def _zoo_problem(batch=6):
   rng = np.random.default_rng(1)
   inputs = jnp.asarray(rng.normal(size=(batch, 7, 6, 2)))
   labels = jnp.asarray(rng.integers(0, 4, size=batch), jnp.int32)
-  params = cases.cheap_jit(model.init)(jax.random.key(0), inputs)['params']
-  params = jax.tree.map(lambda p: 2.0 * p, params)  # a sharper softmax
-  return (lambda p, x: model.apply({'params': p}, x)), params, inputs, labels
+  variables = cases.cheap_jit(model.init)(jax.random.key(0), inputs)
+  params = jax.tree.map(lambda p: 2.0 * p, variables['params'])  # a sharper softmax
+  # Running averages away from (0, 1), so that the normalization matters.
+  stats = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape)),
+                       variables['batch_stats'])
+  return curvature.make_logits_fn(model, stats), params, inputs, labels
 
 
 def _leaf_sums(flat, params):
@@ -109,6 +115,12 @@ class TimeMajorDense(nn.Module):
     return nn.Dense(3)(x.reshape((x.shape[0], -1)))
 
 
+class LayerNormMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.LayerNorm()(nn.Dense(4)(x)))
+
+
 class CircularConv(nn.Module):
   @nn.compact
   def __call__(self, x):
@@ -122,8 +134,11 @@ def _flax_problem(model, shape):
 
 
 @pytest.mark.parametrize('name,problem,reason', [
-    ('batchnorm', lambda: _bn_problem(), 'belong to no Dense or Conv layer'),
-    ('plain function', lambda: _plain_problem(), 'belong to no Dense or Conv layer'),
+    ('batch statistics', lambda: _train_mode_problem(),
+     'batch statistics (training mode)'),
+    ('layer norm', lambda: _flax_problem(LayerNormMLP(), (5,)),
+     'belong to no Dense, Conv or BatchNorm layer'),
+    ('plain function', lambda: _plain_problem(), 'belong to no Dense, Conv or BatchNorm layer'),
     ('tied', lambda: _flax_problem(TiedMLP(), (5,)), 'shares a parameter'),
     ('time-major', lambda: _flax_problem(TimeMajorDense(), (3, 2)), 'leading axis'),
     ('circular padding', lambda: _flax_problem(CircularConv(), (6, 2)), "padding 'CIRCULAR'"),
@@ -140,16 +155,19 @@ def test_models_the_engine_does_not_cover_use_vmap_or_say_why(name, problem, rea
                             labels)
   np.testing.assert_array_equal(cases.cheap_jit(norms)(),
                                 cases.cheap_jit(functools.partial(norms, engine='vmap'))())
-  with pytest.raises(ValueError, match=f"engine='layers'.*{reason}.*engine='auto'"):
+  with pytest.raises(ValueError, match=f"engine='layers'.*{re.escape(reason)}.*engine='auto'"):
     curvature.fisher_trace(logits_fn, params, inputs, estimator='exact', engine='layers')
 
 
-def _bn_problem():
+def _train_mode_problem():
   model = cases.BatchNormCNN()
   inputs = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 5, 2))
   variables = cases.cheap_jit(model.init)(jax.random.PRNGKey(1), inputs)
-  return (curvature.make_logits_fn(model, variables['batch_stats']), variables['params'],
-          inputs)
+
+  def logits_fn(params, x):  # the statistics' update is thrown away
+    return model.apply({**variables, 'params': params}, x, train=True,
+                       mutable=['batch_stats'])[0]
+  return logits_fn, variables['params'], inputs
 
 
 def _plain_problem():

@@ -18,10 +18,14 @@ gradient at all: ‖a_i ⊗ δ_i‖² = ‖a_i‖² ‖δ_i‖² and Σ_i (a_i �
 Several cotangent rows per example (R of them, each a logits cotangent [B, C]: one for
 'sampled' and 'empirical', C for 'exact') give R backward passes and sum the squares over r.
 
+An `nn.BatchNorm` in evaluation mode is y = x̂ ⊙ scale + bias with x̂ = (x - mean) / sqrt(var +
+ε) from the running averages: ∇_scale CE_i = Σ_n x̂_in ⊙ δ_in, ∇_bias CE_i = Σ_n δ_in.
+
 A model is covered when every parameter leaf is the kernel or bias of exactly one call of a
 flax `nn.Dense` or `nn.Conv` (shared weights, no feature groups, input dilation or mask; padding
-'SAME', 'VALID' or explicit), and every such layer's inputs and outputs carry the examples on
-their leading axis. The calls are found by `flax.linen.intercept_methods` while `logits_fn`
+'SAME', 'VALID' or explicit) or the scale or bias of one call of an `nn.BatchNorm` in
+evaluation mode (feature axis last, no mask), and every such layer's inputs and outputs carry
+the examples on their leading axis. The calls are found by `flax.linen.intercept_methods` while `logits_fn`
 runs, so any function that applies flax modules to `params` as given is covered (a module's
 `apply`, `make_logits_fn`'s function, a user's lambda). `unsupported_reason` says why a model
 is not, and the per-example functions then use the vmap engine.
@@ -43,19 +47,22 @@ REDUCTIONS = ('total', 'per_leaf', 'elementwise', 'rows')
 
 
 class _Call(NamedTuple):
-  """One call of a covered layer: its module, input, output and parameter leaves' indices."""
+  """One call of a covered layer: its module, input, output, parameter leaves and the reason
+  (if any) that the engine cannot take it."""
   module: nn.Module
   inputs: jax.Array
   outputs: jax.Array
-  kernel: Optional[int]  # index into jax.tree.leaves(params); None if not one of them
-  bias: Optional[int]
+  leaves: dict  # the module's own parameter name -> index into jax.tree.leaves(params) or None
+  problem: Optional[str]
+  stats: tuple = ()  # BatchNorm: the running (mean, var) it normalizes with
 
 
 class NotCovered(Exception):
   """The model is not covered by the 'layers' engine (the message says why)."""
 
 
-def _conv_problem(module: nn.Conv, inputs) -> Optional[str]:
+def _conv_problem(module: nn.Conv, inputs, args, kwargs) -> Optional[str]:
+  del args, kwargs
   if not module.shared_weights or module.feature_group_count != 1 or module.mask is not None:
     return 'unshared weights, feature groups or a mask'
   if any(d != 1 for d in np.ravel(module.input_dilation or 1)):
@@ -71,7 +78,8 @@ def _conv_problem(module: nn.Conv, inputs) -> Optional[str]:
   return None
 
 
-def _dense_problem(module: nn.Dense, inputs) -> Optional[str]:
+def _dense_problem(module: nn.Dense, inputs, args, kwargs) -> Optional[str]:
+  del args, kwargs
   if module.dot_general is not None or module.dot_general_cls is not None:
     return 'a custom dot_general'
   if inputs.ndim < 2:
@@ -79,11 +87,24 @@ def _dense_problem(module: nn.Dense, inputs) -> Optional[str]:
   return None
 
 
-_PROBLEMS = {nn.Dense: _dense_problem, nn.Conv: _conv_problem}
+def _batchnorm_problem(module: nn.BatchNorm, inputs, args, kwargs) -> Optional[str]:
+  running = args[1] if len(args) > 1 else kwargs.get('use_running_average')
+  if running is None:
+    running = module.use_running_average
+  if not running:
+    return 'batch statistics (training mode): its examples are not independent'
+  if kwargs.get('mask') is not None:
+    return 'a mask'
+  if tuple(np.ravel(module.axis) % inputs.ndim) != (inputs.ndim - 1,):
+    return 'a feature axis other than the last'
+  return None
+
+
+_PROBLEMS = {nn.Dense: _dense_problem, nn.Conv: _conv_problem, nn.BatchNorm: _batchnorm_problem}
 
 
 def forward(logits_fn: Callable, params, inputs, perturbations=None):
-  """`logits_fn(params, inputs)` with the calls of its Dense and Conv layers recorded.
+  """`logits_fn(params, inputs)` with the calls of its Dense, Conv and BatchNorm layers recorded.
 
   Args:
     logits_fn: the model, `logits_fn(params, inputs [b, ...]) -> [b, C]`.
@@ -102,10 +123,15 @@ def forward(logits_fn: Callable, params, inputs, perturbations=None):
     if context.method_name != '__call__' or type(module) not in _PROBLEMS:
       return next_fun(*args, **kwargs)
     outputs = next_fun(*args, **kwargs)
-    own = module.variables.get('params', {})
-    index = lambda name: leaf_index.get(id(own[name])) if name in own else None  # noqa: E731
-    calls.append(_Call(module, args[0] if args else kwargs.get('inputs'), outputs,
-                       index('kernel'), index('bias')))
+    variables = module.variables
+    x = args[0] if args else next(iter(kwargs.values()))
+    stats = ()
+    if isinstance(module, nn.BatchNorm) and 'batch_stats' in variables:
+      stats = (variables['batch_stats']['mean'], variables['batch_stats']['var'])
+    calls.append(_Call(module, x, outputs,
+                       {name: leaf_index.get(id(value))
+                        for name, value in variables.get('params', {}).items()},
+                       _PROBLEMS[type(module)](module, x, args, kwargs), stats))
     if perturbations is not None:
       outputs = outputs + perturbations[len(calls) - 1]
     return outputs
@@ -135,20 +161,20 @@ def _check(logits_fn, params, inputs) -> List[_Call]:
     raise NotCovered('its layers depend on the batch size')
   for number, (call, other) in enumerate(zip(one, two)):
     name = '/'.join(call.module.path) or type(call.module).__name__
-    problem = _PROBLEMS[type(call.module)](call.module, call.inputs)
-    if problem:
-      raise NotCovered(f'layer {name} has {problem}')
+    if call.problem:
+      raise NotCovered(f'layer {name} has {call.problem}')
     for a, b in ((call.inputs, other.inputs), (call.outputs, other.outputs)):
       if a.shape[:1] != (1,) or b.shape != (2,) + a.shape[1:]:
         raise NotCovered(f'layer {name} does not carry the examples on its leading axis')
-    if call.kernel is None or (call.module.use_bias and call.bias is None):
+    if None in call.leaves.values():
       raise NotCovered(f'the parameters of layer {name} are not leaves of params as given')
-    for leaf in (call.kernel, call.bias):
-      if leaf is not None and owners.setdefault(leaf, number) != number:
+    for leaf in call.leaves.values():
+      if owners.setdefault(leaf, number) != number:
         raise NotCovered(f'layer {name} shares a parameter with another call')
   missing = [i for i in range(len(leaves)) if i not in owners]
   if missing:
-    raise NotCovered(f'{len(missing)} parameter leaves belong to no Dense or Conv layer')
+    raise NotCovered(f'{len(missing)} parameter leaves belong to no Dense, Conv or BatchNorm '
+                     'layer')
   return one
 
 
@@ -185,19 +211,33 @@ def _patches(module: nn.Conv, x: jax.Array, out_spatial) -> jax.Array:
   return patches.reshape((x.shape[0], int(np.prod(out_spatial)), -1))
 
 
+def _reduce(squares, reduction):
+  """`reduction` of per-example squares [b, ...] (already summed over the cotangent rows)."""
+  if reduction == 'rows':
+    return jnp.sum(squares.reshape((squares.shape[0], -1)), axis=1)
+  if reduction == 'elementwise':
+    return jnp.sum(squares, axis=0)
+  return jnp.sum(squares)
+
+
 def _layer_squares(call: _Call, deltas: jax.Array, reduction: str, dtype):
   """{leaf index: value} of one layer for `reduction`, from δ [R, b, *out, C_out]."""
   module, b = call.module, deltas.shape[1]
   deltas = deltas.astype(dtype).reshape((deltas.shape[0], b, -1, deltas.shape[-1]))
+  out = {}
+  if 'bias' in call.leaves:  # ∇_b CE_i = Σ_n δ_in
+    out[call.leaves['bias']] = _reduce(jnp.sum(jnp.sum(deltas, axis=2) ** 2, axis=0), reduction)
+  if isinstance(module, nn.BatchNorm):  # y = x̂ ⊙ scale + bias: ∇_scale CE_i = Σ_n x̂_in ⊙ δ_in
+    if 'scale' in call.leaves:
+      mean, var = (s.astype(dtype) for s in call.stats)
+      normalized = (call.inputs.astype(dtype) - mean) * lax.rsqrt(var + module.epsilon)
+      grads = jnp.einsum('bnc,rbnc->rbc', normalized.reshape(deltas.shape[1:]), deltas)
+      out[call.leaves['scale']] = _reduce(jnp.sum(grads ** 2, axis=0), reduction)
+    return out
   if isinstance(module, nn.Conv):
     acts = _patches(module, call.inputs.astype(dtype), call.outputs.shape[1:-1])
   else:
     acts = call.inputs.astype(dtype).reshape((b, -1, call.inputs.shape[-1]))
-  out = {}
-  if call.bias is not None:
-    bias_sq = jnp.sum(jnp.sum(deltas, axis=2) ** 2, axis=0)  # [b, C_out], summed over rows
-    out[call.bias] = {'rows': lambda: jnp.sum(bias_sq, 1), 'elementwise': lambda: jnp.sum(
-        bias_sq, 0)}.get(reduction, lambda: jnp.sum(bias_sq))()
   if acts.shape[1] == 1:  # one position: a_i ⊗ δ_i, squares without forming it
     a_sq, d_sq = acts[:, 0] ** 2, jnp.sum(deltas[:, :, 0] ** 2, axis=0)  # [b, K], [b, C_out]
     if reduction == 'elementwise':
@@ -205,13 +245,10 @@ def _layer_squares(call: _Call, deltas: jax.Array, reduction: str, dtype):
     else:
       rows = jnp.sum(a_sq, 1) * jnp.sum(d_sq, 1)
       value = rows if reduction == 'rows' else jnp.sum(rows)
-  else:
+  else:  # ∇_W CE_i = Σ_n a_in ⊗ δ_in, [b, K, C_out] per cotangent row
     grads = jnp.einsum('bnk,rbnc->rbkc', acts, deltas, precision=module.precision)
-    squares = jnp.sum(grads ** 2, axis=0)  # [b, K, C_out]
-    value = {'rows': lambda: jnp.sum(squares, (1, 2)),
-             'elementwise': lambda: jnp.sum(squares, 0)}.get(
-                 reduction, lambda: jnp.sum(squares))()
-  out[call.kernel] = value
+    value = _reduce(jnp.sum(grads ** 2, axis=0), reduction)
+  out[call.leaves['kernel']] = value
   return out
 
 
@@ -250,8 +287,8 @@ def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction
     (deltas,) = jax.vmap(pullback)(rows)
   values = {}
   for call, x, delta in zip(layers, acts, deltas):
-    values.update(_layer_squares(call._replace(inputs=x), delta, reduction,
-                                 leaves[call.kernel].dtype))
+    dtype = jnp.result_type(*(leaves[i] for i in call.leaves.values()))
+    values.update(_layer_squares(call._replace(inputs=x), delta, reduction, dtype))
   if reduction in ('total', 'rows'):
     return sum(values.values())
   if reduction == 'per_leaf':

@@ -21,7 +21,8 @@ Engines. The per-example squared gradients come from one of two passes, with the
 * 'layers' (`_layers`): each Dense and Conv layer's per-example weight gradient Σ_n a_in ⊗ δ_in
   from its inputs a and output gradients δ, all examples' δ from one backward pass of the
   chunk; about one gradient's cost, and a dense layer's squares without forming its gradients.
-  For models whose parameters are all kernels and biases of flax `nn.Dense`/`nn.Conv` layers.
+  For models whose parameters all belong to flax `nn.Dense`, `nn.Conv` and evaluation-mode
+  `nn.BatchNorm` layers (the model zoo's, `make_logits_fn`'s evaluation mode).
 * 'vmap': a backward pass per example, `jax.vmap` over the examples; any model.
 `engine='auto'` (the default) takes 'layers' where it covers the model.
 
@@ -233,8 +234,8 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
     engine: how the per-example gradients are had (the same numbers either way):
       'layers': from each layer's inputs and output gradients, one forward and one backward
         pass of the chunk (about one gradient's cost; BackPACK's way), for models whose
-        parameters are all kernels and biases of flax `nn.Dense` and `nn.Conv` layers (see
-        `fisher_jax.curvature._layers`); ValueError naming the reason for any other model.
+        parameters all belong to flax `nn.Dense`, `nn.Conv` and evaluation-mode `nn.BatchNorm`
+        layers (see `fisher_jax.curvature._layers`); ValueError naming the reason otherwise.
       'vmap': a per-example backward pass, `jax.vmap` over the examples (any model).
       'auto' (default): 'layers' where it covers the model, 'vmap' otherwise.
 

@@ -1,8 +1,9 @@
 """Cost of the curvature measurements as ratios to one mean-loss gradient, measured in one run.
 
-SimpleCNN (or `--model`, any of the zoo's) on 32x32x3 inputs, batch 128, float32, CPU. Every function is jitted and warmed up;
-the timed calls are interleaved over rounds (so background load hits all of them alike) and
-each cost is the median over rounds divided by the median of the mean-loss gradient.
+SimpleCNN (or `--model`, any of the zoo's) on 32x32x3 inputs, batch 128, float32, CPU. Every
+function is jitted and warmed up; the timed calls are interleaved over rounds (so background
+load hits all of them alike) and each cost is the median over rounds divided by the median of
+the mean-loss gradient.
 
   python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--part all] [--unroll]
                                  [--model simple_cnn]

@@ -9,12 +9,14 @@ this module says where:
   with Explicit axes (see the function).
 * `sum_examples(fn, params, xs, chunk_size, axes)`: Σ over the examples of `fn(params, x)`,
   chunk by chunk (memory holds one chunk's values, not [B, ...]), on any device layout.
+  With `batched=True` (here and in `map_examples`) `fn` takes a whole chunk of examples (the
+  'layers' engine, which needs the chunk's batch for its one backward pass).
 * `map_examples(fn, params, xs, chunk_size, axes)`: `vmap(lambda x: fn(params, x))(xs)` that is
   correct on any device layout. With `axes` (inside shard_map; `_core.batch_axes`) the
   parameters are made per-device first (`_core.as_varying`). Under `jax.jit` with inputs on a
-  multi-device mesh the work is placed in a `jax.shard_map` over all the mesh's axes (the batch padded with zero
-  examples to a multiple of the mesh size, inputs and parameters resharded when the mesh has
-  explicit axes). This is needed for correctness, not only speed: XLA's partitioner returns
+  multi-device mesh the work is placed in a `jax.shard_map` over all the mesh's axes (the batch
+  padded with zero examples to a multiple of the mesh size, inputs and parameters resharded when
+  the mesh has explicit axes). This is needed for correctness, not only speed: XLA's partitioner returns
   wrong per-example gradients for a vmapped convolution whose batch is sharded (the
   batch-grouped weight-gradient convolution; seen with jax 0.10.2 on CPU, Shardy and GSPMD).
 """

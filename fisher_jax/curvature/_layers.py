@@ -124,7 +124,7 @@ def forward(logits_fn: Callable, params, inputs, perturbations=None):
       return next_fun(*args, **kwargs)
     outputs = next_fun(*args, **kwargs)
     variables = module.variables
-    x = args[0] if args else next(iter(kwargs.values()))
+    x = args[0] if args else kwargs.get('inputs', kwargs.get('x'))  # Dense/Conv, BatchNorm
     stats = ()
     if isinstance(module, nn.BatchNorm) and 'batch_stats' in variables:
       stats = (variables['batch_stats']['mean'], variables['batch_stats']['var'])

@@ -145,7 +145,7 @@ def _per_example_squares(logits_fn, rows, reduce):
   return one
 
 
-def _layer_squares(logits_fn, rows, reduction):
+def _chunk_squares(logits_fn, rows, reduction):
   """The layers engine: the chunk function `(params, (x, extra), weights) -> ` the sum over
   the chunk's examples (`reduction` 'rows': per example, without weights)."""
   def chunk(p, example, weights=None):
@@ -181,7 +181,7 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
   axes = _core.batch_axes(axis_name)
   xs = (inputs, labels)
   if _use_layers('per_example_grad_sq_norms', engine, logits_fn, params, inputs):
-    return _devices.map_examples(_layer_squares(logits_fn, _label_rows, 'rows'), params, xs,
+    return _devices.map_examples(_chunk_squares(logits_fn, _label_rows, 'rows'), params, xs,
                                  chunk_size, axes, batched=True)
   one = _per_example_squares(logits_fn, _label_rows, _REDUCTIONS['total'])
   return _devices.map_examples(one, params, xs, chunk_size, axes)
@@ -195,7 +195,7 @@ def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chun
   axes = _core.batch_axes(axis_name)
   rows, extra = _estimator(caller, estimator, params, inputs, logits_fn, rng, labels, axes)
   if _use_layers(caller, engine, logits_fn, params, inputs):
-    total = _devices.sum_examples(_layer_squares(logits_fn, rows, reduction), params,
+    total = _devices.sum_examples(_chunk_squares(logits_fn, rows, reduction), params,
                                   (inputs, extra), chunk_size, axes, batched=True)
   else:
     one = _per_example_squares(logits_fn, rows, _REDUCTIONS[reduction])

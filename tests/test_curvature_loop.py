@@ -28,7 +28,7 @@ def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tm
   config.measure.per_layer = True
   config.measure.eigen_every_epochs = 1
   config.measure.eigen_k = 3
-  config.measure.eigen_iterations = 40
+  config.measure.eigen_iterations = 20
   train.train_and_evaluate(config, str(tmp_path))
   last = [r for r in writers.read_metrics(str(tmp_path)) if 'curvature/fisher_trace' in r][-1]
   leaves = {k: v for k, v in last.items() if k.startswith('curvature/fisher_trace/')}
@@ -39,7 +39,7 @@ def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tm
   assert last['curvature/fisher_top_eigenvalue'] > 0
 
   out = tmp_path / 'spectrum.png'
-  assert spectrum.main(['--workdir', str(tmp_path), '--out', str(out), '--iterations', '40',
+  assert spectrum.main(['--workdir', str(tmp_path), '--out', str(out), '--iterations', '20',
                         '--probes', '2', '--num_examples', '64']) == 0
   assert os.path.getsize(out) > 1000
   saved = np.load(tmp_path / 'spectrum.npz')

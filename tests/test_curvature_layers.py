@@ -13,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import cases
-from fisher_jax import curvature
+from fisher_jax import curvature, models
 from fisher_jax.curvature import _layers, dense
 
 F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
@@ -206,3 +206,21 @@ def test_the_gradient_of_a_layers_engine_trace_is_the_vmap_engines(x64):
     assert np.linalg.norm(out['vmap', e]) > 1e-3
     np.testing.assert_allclose(out['layers', e], out['vmap', e], rtol=1e-9,
                                atol=1e-12 * np.abs(out['vmap', e]).max(), err_msg=e)
+
+
+@pytest.mark.parametrize('name', models.available_models())
+def test_every_model_of_the_zoo_is_covered(name):
+  """Each registered model, through `make_logits_fn` with its running averages, runs its
+  per-example pass on the layers engine (shapes only: `unsupported_reason` traces, compiles
+  nothing); the numbers of such models are tested above."""
+  model = models.get_model(name, num_classes=10)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  reasons = []
+
+  def check(params, batch_stats):
+    logits_fn = curvature.make_logits_fn(model, batch_stats)
+    reasons.append(_layers.unsupported_reason(logits_fn, params, jax.ShapeDtypeStruct(
+        (4, 32, 32, 3), jnp.float32)))
+  jax.eval_shape(check, variables['params'], variables.get('batch_stats'))
+  assert reasons == [None]

@@ -22,7 +22,8 @@ F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 class ConvZoo(nn.Module):
   """Every layer layout the engine handles, in float64: strides, VALID, explicit and SAME
   padding, kernel dilation, rectangular and int kernels, no bias, a 1-D convolution, a dense
-  layer on [B, T, D] tokens, BatchNorm with running averages (with and without a scale)."""
+  layer on [B, T, D] tokens, BatchNorm with running averages (with and without a scale, and
+  with no parameters)."""
 
   @nn.compact
   def __call__(self, x):  # [B, 7, 6, 2]
@@ -32,6 +33,7 @@ class ConvZoo(nn.Module):
                          use_bias=False, **F64)(x))
     x = nn.Conv(2, (3, 3), strides=2, use_bias=False, **F64)(x)  # SAME
     x = jnp.tanh(nn.BatchNorm(use_running_average=True, use_scale=False, **F64)(x))
+    x = nn.BatchNorm(use_running_average=True, use_scale=False, use_bias=False, **F64)(x)
     b = x.shape[0]
     x = jnp.tanh(nn.Conv(2, (2,), strides=2, padding=1, **F64)(x.reshape((b, -1, 2))))
     x = jnp.tanh(nn.Dense(3, **F64)(x))  # on tokens [B, T, 2]

@@ -1,11 +1,10 @@
-"""The training spine end to end: workdir files, CLI overrides, validation, resume."""
+"""The training spine end to end: workdir files, CLI overrides, validation, init_from (a kill
+and resume anywhere: test_reliability.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -106,45 +105,6 @@ def test_checkpoints_of_unknown_origin_are_refused(default_config, tmp_path):
   with pytest.raises(ValueError, match='no config.json'):
     train.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
   assert os.listdir(tmp_path) == ['checkpoints']
-
-
-def _final_record(workdir):
-  return [r for r in writers.read_metrics(str(workdir)) if 'test/accuracy' in r][-1]
-
-
-def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
-  overrides = ('--config.num_epochs=4', '--config.measure.num_examples=64',
-               '--config.dataset.train_subset=512')
-  reference = _run_cli(tmp_path / 'reference', *overrides)
-  assert reference.returncode == 0, reference.stderr[-2000:]
-
-  workdir = tmp_path / 'killed'
-  cmd = [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
-         '--workdir', str(workdir), *overrides]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  spe = _final_record(tmp_path / 'reference')['step'] // 4
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [r['step'] for r in writers.read_metrics(str(workdir))]
-    if steps and max(steps) >= 2 * spe:  # Epoch 2 logged: its checkpoint is being written.
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run finished before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(r['step'] for r in writers.read_metrics(str(workdir)))
-  assert killed_at < 4 * spe
-
-  resumed = _run_cli(workdir, *overrides)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'Resumed from the checkpoint' in resumed.stdout
-  records = writers.read_metrics(str(workdir))
-  steps = [r['step'] for r in records if 'test/accuracy' in r]
-  assert steps == [spe, 2 * spe, 3 * spe, 4 * spe]  # Each epoch logged once: no duplicates after the resume.
-  expected, got = _final_record(tmp_path / 'reference'), _final_record(workdir)
-  for name in ('train/loss', 'test/accuracy', 'test/loss', 'val/loss',
-               'curvature/fisher_trace'):
-    np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=name)
 
 
 def test_init_from_starts_at_another_runs_parameters(default_config, tmp_path):

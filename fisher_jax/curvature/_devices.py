@@ -16,9 +16,10 @@ this module says where:
   parameters are made per-device first (`_core.as_varying`). Under `jax.jit` with inputs on a
   multi-device mesh the work is placed in a `jax.shard_map` over all the mesh's axes (the batch
   padded with zero examples to a multiple of the mesh size, inputs and parameters resharded when
-  the mesh has explicit axes). This is needed for correctness, not only speed: XLA's partitioner returns
-  wrong per-example gradients for a vmapped convolution whose batch is sharded (the
-  batch-grouped weight-gradient convolution; seen with jax 0.10.2 on CPU, Shardy and GSPMD).
+  the mesh has explicit axes). This is needed for correctness, not only speed: XLA's
+  partitioner returns wrong per-example gradients for a vmapped convolution whose batch is
+  sharded (the batch-grouped weight-gradient convolution; seen with jax 0.10.2 on CPU, Shardy
+  and GSPMD).
 """
 
 from typing import Callable, Optional, Tuple

@@ -18,17 +18,18 @@ gradient at all: ‖a_i ⊗ δ_i‖² = ‖a_i‖² ‖δ_i‖² and Σ_i (a_i �
 Several cotangent rows per example (R of them, each a logits cotangent [B, C]: one for
 'sampled' and 'empirical', C for 'exact') give R backward passes and sum the squares over r.
 
-An `nn.BatchNorm` in evaluation mode is y = x̂ ⊙ scale + bias with x̂ = (x - mean) / sqrt(var +
-ε) from the running averages: ∇_scale CE_i = Σ_n x̂_in ⊙ δ_in, ∇_bias CE_i = Σ_n δ_in.
+An `nn.BatchNorm` in evaluation mode is y = x̂ ⊙ scale + bias with x̂ = (x - mean) /
+sqrt(var + ε) from the running averages: ∇_scale CE_i = Σ_n x̂_in ⊙ δ_in, ∇_bias CE_i = Σ_n δ_in.
 
 A model is covered when every parameter leaf is the kernel or bias of exactly one call of a
 flax `nn.Dense` or `nn.Conv` (shared weights, no feature groups, input dilation or mask; padding
 'SAME', 'VALID' or explicit) or the scale or bias of one call of an `nn.BatchNorm` in
 evaluation mode (feature axis last, no mask), and every such layer's inputs and outputs carry
-the examples on their leading axis. The calls are found by `flax.linen.intercept_methods` while `logits_fn`
-runs, so any function that applies flax modules to `params` as given is covered (a module's
-`apply`, `make_logits_fn`'s function, a user's lambda). `unsupported_reason` says why a model
-is not, and the per-example functions then use the vmap engine.
+the examples on their leading axis. The calls are found by `flax.linen.intercept_methods` while
+`logits_fn` runs, and a layer's parameters are matched to the leaves of `params` by identity, so
+any function that applies flax modules to `params` as given is covered (a module's `apply`,
+`make_logits_fn`'s function, a user's lambda). `unsupported_reason` says why a model is not,
+and the per-example functions then use the vmap engine.
 """
 
 import itertools
@@ -42,9 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fisher_jax.curvature import _core
-
-REDUCTIONS = ('total', 'per_leaf', 'elementwise', 'rows')
-
 
 class _Call(NamedTuple):
   """One call of a covered layer: its module, input, output, parameter leaves and the reason
@@ -277,7 +275,9 @@ def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction
 
   def perturbed(e):
     logits, calls = forward(logits_fn, params, inputs, e)
-    layers[:] = [c._replace(inputs=None) for c in calls]
+    layers[:] = [c._replace(inputs=None, outputs=jax.ShapeDtypeStruct(c.outputs.shape,
+                                                                      c.outputs.dtype))
+                 for c in calls]
     return logits, [c.inputs for c in calls]
   logits, pullback, acts = jax.vjp(perturbed, zeros, has_aux=True)
   rows = cotangents(logits)  # differentiable in params, like the vmap engine's
@@ -287,6 +287,8 @@ def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction
     (deltas,) = jax.vmap(pullback)(rows)
   values = {}
   for call, x, delta in zip(layers, acts, deltas):
+    if not call.leaves:  # e.g. a BatchNorm without scale and bias
+      continue
     dtype = jnp.result_type(*(leaves[i] for i in call.leaves.values()))
     values.update(_layer_squares(call._replace(inputs=x), delta, reduction, dtype))
   if reduction in ('total', 'rows'):

@@ -158,6 +158,15 @@ def _chunk_squares(logits_fn, rows, reduction):
   return chunk
 
 
+def _squares_pass(caller, engine, logits_fn, params, inputs, rows, reduction):
+  """`(fn, batched)` for `_devices.map_examples` / `sum_examples`: the engine's function of the
+  squared gradients at cotangent `rows`, reduced by `reduction` ('rows': per example)."""
+  if _use_layers(caller, engine, logits_fn, params, inputs):
+    return _chunk_squares(logits_fn, rows, reduction), True
+  per_example = _REDUCTIONS['total' if reduction == 'rows' else reduction]
+  return _per_example_squares(logits_fn, rows, per_example), False
+
+
 def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
                               chunk_size: Optional[int] = None,
                               axis_name: _core.AxisName = None,
@@ -178,13 +187,10 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
     average). The full [B, P] Jacobian is never formed beyond one chunk.
   """
-  axes = _core.batch_axes(axis_name)
-  xs = (inputs, labels)
-  if _use_layers('per_example_grad_sq_norms', engine, logits_fn, params, inputs):
-    return _devices.map_examples(_chunk_squares(logits_fn, _label_rows, 'rows'), params, xs,
-                                 chunk_size, axes, batched=True)
-  one = _per_example_squares(logits_fn, _label_rows, _REDUCTIONS['total'])
-  return _devices.map_examples(one, params, xs, chunk_size, axes)
+  fn, batched = _squares_pass('per_example_grad_sq_norms', engine, logits_fn, params, inputs,
+                              _label_rows, 'rows')
+  return _devices.map_examples(fn, params, (inputs, labels), chunk_size,
+                               _core.batch_axes(axis_name), batched=batched)
 
 
 def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chunk_size,
@@ -194,12 +200,8 @@ def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chun
   summed chunk by chunk (`_devices.sum_examples`: memory holds one chunk's squares)."""
   axes = _core.batch_axes(axis_name)
   rows, extra = _estimator(caller, estimator, params, inputs, logits_fn, rng, labels, axes)
-  if _use_layers(caller, engine, logits_fn, params, inputs):
-    total = _devices.sum_examples(_chunk_squares(logits_fn, rows, reduction), params,
-                                  (inputs, extra), chunk_size, axes, batched=True)
-  else:
-    one = _per_example_squares(logits_fn, rows, _REDUCTIONS[reduction])
-    total = _devices.sum_examples(one, params, (inputs, extra), chunk_size, axes)
+  fn, batched = _squares_pass(caller, engine, logits_fn, params, inputs, rows, reduction)
+  total = _devices.sum_examples(fn, params, (inputs, extra), chunk_size, axes, batched=batched)
   rows_here = jax.tree.leaves(inputs)[0].shape[0]  # this device's inside shard_map, else all
   return _core.global_mean(jax.tree.map(lambda x: x / rows_here, total), axes)
 

@@ -51,6 +51,7 @@ def get_config():
   config.measure = ml_collections.ConfigDict()
   config.measure.every_epochs = 1  # Tr(F), Tr(F_B), grad norm at epoch ends (and at step 0).
   config.measure.every_steps = 0  # > 0: also every this many steps (per-step curves).
+  config.measure.every_steps_until_epoch = 0.0  # > 0: every_steps only up to this epoch.
   config.measure.num_examples = 256  # Fixed subset of training examples.
   config.measure.fisher_estimator = 'sampled'
   config.measure.hessian_every_epochs = 0  # 0: Tr(H) is not measured.
@@ -72,6 +73,14 @@ def get_config():
   config.init_from = ml_collections.ConfigDict()
   config.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
   config.init_from.step = ml_collections.FieldReference(None, field_type=int)
+
+  # Training to a fit target (fisher_jax.fit_stop): with train_accuracy > 0, the accuracy on the
+  # whole training set ('train_full/accuracy', evaluation mode) is measured after every epoch;
+  # from the first epoch that reaches it, every epoch is evaluated, and the run ends extra_epochs
+  # later. num_epochs stays the budget cap (a run that reaches it first is unconverged).
+  config.stop = ml_collections.ConfigDict()
+  config.stop.train_accuracy = 0.0
+  config.stop.extra_epochs = 0
 
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1

@@ -2,7 +2,8 @@
 
   python -m experiments.run NAME [NAME ...] --scale cpu|full --root DIR [--workers N] [--dry_run]
 
-NAME is a sweep of `experiments.sweeps` (e.g. fisher_explosion) or 'all'. Each run is one
+NAME is a sweep of `experiments.sweeps` (e.g. fisher_explosion, or confirmatory: the
+confirmatory study) or 'all' (the exploratory study's ten sweeps). Each run is one
 `python -m fisher_jax.main ... --workdir ROOT/<sweep>/<run>` subprocess (run from the repository
 root, output appended to ROOT/<sweep>/<run>/runner.log). When a run exits with status 0, or
 with `exit_codes.DIVERGED` (its loss became non-finite: a result, "this setting diverges", not a
@@ -77,9 +78,9 @@ def make_job(sweep_name: str, run: sweeps.Run, root: str) -> Job:
 
 
 def make_jobs(names: Sequence[str], scale: str, root: str) -> List[Job]:
-  """The jobs of sweeps `names` ('all' for every sweep) at `scale` under `root`."""
+  """The jobs of sweeps `names` ('all': the exploratory study's ten) at `scale` under `root`."""
   if 'all' in names:
-    names = list(sweeps.SWEEPS)
+    names = [n for n, s in sweeps.SWEEPS.items() if s.study == 'exploratory']
   jobs = []
   for name in names:
     jobs += [make_job(name, run, root) for run in sweeps.get_sweep(name).runs(scale)]

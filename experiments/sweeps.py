@@ -14,6 +14,7 @@ another run's checkpoint); '{sweep_dir}' in an override value is replaced by ROO
 import dataclasses
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from configs import confirmatory
 from configs import recipes
 
 SCALES = ('cpu', 'full')
@@ -49,12 +50,15 @@ class Sweep:
     config_file: its config file, relative to the repository root.
     description: one line.
     expand: scale -> the runs.
+    study: 'exploratory' (the ten experiments; what the runner's 'all' runs) or
+      'confirmatory' (protocol v2, run by name).
   """
   name: str
   number: int
   config_file: str
   description: str
   expand: Callable[[str], List[Run]]
+  study: str = 'exploratory'
 
   def runs(self, scale: str) -> List[Run]:
     """The runs at `scale` ('cpu' or 'full'), checked for unique names and known `after`s."""
@@ -268,6 +272,30 @@ def _per_step(scale: str) -> List[Run]:
   return runs
 
 
+def _confirmatory(scale: str) -> List[Run]:
+  """The confirmatory study (protocol v2): every arm with its seeds; phase 2 starts from the
+  phase-1 run of the same seed. CPU scale only."""
+  if scale != 'cpu':
+    raise ValueError('sweep confirmatory runs at --scale cpu only (its protocol is CPU-sized).')
+  runs = []
+  # The two-phase arms first (phase 2 waits for phase 1), then the slowest: the runs are
+  # started in this order, so the long ones do not end up last.
+  order = sorted(confirmatory.ARMS, key=lambda a: (not a.startswith('phase'),
+                                                   not a.startswith(('fp_', 'lr_0.015'))))
+  for arm in order:
+    seeds = confirmatory.LENET_SEEDS if arm.startswith('lenet') else confirmatory.SEEDS
+    for seed in seeds:
+      name = f'{arm}_s{seed}'
+      if arm.startswith('phase2_'):
+        start = 'phase1_' + arm[len('phase2_'):] + f'_s{seed}'
+        runs.append(Run(name, f'configs/confirmatory.py:{arm}',
+                        (('seed', seed), ('init_from.workdir', f'{{sweep_dir}}/{start}')),
+                        after=(start,)))
+      else:
+        runs.append(Run(name, f'configs/confirmatory.py:{arm}', (('seed', seed),)))
+  return runs
+
+
 _SWEEPS = [
     Sweep('fisher_explosion', 1, 'configs/fisher_explosion.py',
           'tuned vs small learning rate: accuracy, Tr(F), gradient norm per epoch',
@@ -294,6 +322,9 @@ _SWEEPS = [
     Sweep('per_step', 10, 'configs/per_step.py',
           'per-step Tr(F) and mini-batch accuracy: two lrs, small vs large batch, FP strengths',
           _per_step),
+    Sweep('confirmatory', 11, 'configs/confirmatory.py',
+          'the confirmatory study (protocol v2): fit-target runs, paired seeds, claims C0-C5',
+          _confirmatory, study='confirmatory'),
 ]
 SWEEPS: Dict[str, Sweep] = {s.name: s for s in _SWEEPS}
 

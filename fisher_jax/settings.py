@@ -66,6 +66,15 @@ class MeasureSettings:
   eigen_every_epochs: int
   eigen_k: int
   eigen_iterations: int
+  every_steps_until_epoch: float  # `every_steps` only up to this epoch (0: the whole run)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopSettings:
+  """`config.stop`: the fit target (0: off) and the epochs trained after reaching it (see
+  fisher_jax.fit_stop)."""
+  train_accuracy: float
+  extra_epochs: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Settings:
   optimizer: OptimizerSettings
   regularizer: RegularizerSettings
   measure: MeasureSettings
+  stop: StopSettings
   init_from: InitFromSettings
   eval_every_epochs: int
   checkpoint_every_epochs: int
@@ -204,7 +214,24 @@ def read_measure(measure_config) -> MeasureSettings:
   per_layer = get('per_layer')
   if not isinstance(per_layer, bool):
     raise ValueError(f'measure.per_layer={per_layer!r} is invalid; it must be True or False.')
-  return MeasureSettings(fisher_estimator=estimator, per_layer=per_layer, **periods, **counts)
+  until = number('measure.every_steps_until_epoch', get('every_steps_until_epoch'), low=0)
+  return MeasureSettings(fisher_estimator=estimator, per_layer=per_layer,
+                         every_steps_until_epoch=until, **periods, **counts)
+
+
+def read_stop(stop_config) -> StopSettings:
+  """Validates `config.stop` (the fit target).
+
+  Raises:
+    ValueError: a missing field or an impossible value, naming the field.
+  """
+  get = lambda field: required(stop_config, field, 'stop.')  # noqa: E731
+  target = number('stop.train_accuracy', get('train_accuracy'), low=0)
+  if target > 1:
+    raise ValueError(f'stop.train_accuracy={target!r} is invalid; it is a training accuracy '
+                     'in (0, 1], or 0 to train num_epochs epochs.')
+  return StopSettings(train_accuracy=target,
+                      extra_epochs=_integer('stop.extra_epochs', get('extra_epochs'), low=0))
 
 
 def read(config) -> Settings:
@@ -237,6 +264,7 @@ def read(config) -> Settings:
       optimizer=read_optimizer(get('optimizer')),
       regularizer=read_regularizer(get('regularizer')),
       measure=read_measure(get('measure')),
+      stop=read_stop(get('stop')),
       init_from=InitFromSettings(workdir=required(init_from, 'workdir', 'init_from.') or None,
                                  step=required(init_from, 'step', 'init_from.')),
       eval_every_epochs=_integer('eval_every_epochs', get('eval_every_epochs'), low=0,

@@ -31,6 +31,7 @@ from fisher_jax import checkpoint
 from fisher_jax import config_files
 from fisher_jax import console
 from fisher_jax import data
+from fisher_jax import fit_stop
 from fisher_jax import guard
 from fisher_jax import metrics_file
 from fisher_jax import models
@@ -111,6 +112,7 @@ def _place_subset(subset: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
 
 
 def _evaluate(eval_step, state, inp, split: str, batch_size: int, mesh) -> Dict[str, float]:
+  """'<split>/loss' and '<split>/accuracy' over every example of `split` (sums / true count)."""
   sums = None
   for batch in inp.eval_iterator(split, batch_size):
     out = eval_step(state, parallel.shard_batch(batch, mesh))
@@ -165,28 +167,43 @@ class _Measurements:
     return self._eigen(state, self._hessian_subset['image'], self._hessian_subset['label'], rng)
 
 
-def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int) -> FrozenSet[str]:
+def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int,
+         converged_at: Optional[int] = None) -> FrozenSet[str]:
   """What is due after `step` updates: 'epoch_end', 'log', 'fisher', 'hessian', 'eigen',
-  'eval', 'checkpoint'.
+  'eval', 'checkpoint', 'fit' (the whole-training-set evaluation of a fit target) and 'end'.
 
   Train metrics are logged at epoch ends and every `log_every_steps`; Tr(F) every
-  `measure.every_steps` and every `measure.every_epochs` epochs; Tr(H) every
+  `measure.every_steps` (up to epoch `measure.every_steps_until_epoch` when that is > 0) and
+  every `measure.every_epochs` epochs; Tr(H) every
   `measure.hessian_every_epochs` epochs and the top eigenvalues every `measure.eigen_every_epochs`;
-  evaluation and checkpoints every `eval_every_epochs` / `checkpoint_every_epochs` epochs. Each epoch cadence that is on also fires at the last step;
-  evaluation and checkpoints fire there even when off.
+  evaluation and checkpoints every `eval_every_epochs` / `checkpoint_every_epochs` epochs. Each
+  epoch cadence that is on also fires at the last step; evaluation and checkpoints fire there
+  even when off. With a fit target (`stop.train_accuracy > 0`) the training set is evaluated
+  ('fit') at every epoch end; once the run has converged (`converged_at`, its convergence
+  epoch), evaluation and the Tr(H) and eigenvalue measurements that are on are due at every
+  epoch end, and the last step is that of epoch `converged_at + stop.extra_epochs`.
   """
   epoch, in_epoch = divmod(step, steps_per_epoch)
-  epoch_end, last = in_epoch == 0, step == run.num_epochs * steps_per_epoch
+  end = fit_stop.end_epoch(converged_at, run.stop.extra_epochs, run.num_epochs)
+  epoch_end, last = in_epoch == 0, step == end * steps_per_epoch
+  converged = epoch_end and converged_at is not None and epoch >= converged_at
   m = run.measure
   by_epoch = lambda every, always_last: epoch_end and cadence.is_due(  # noqa: E731
       epoch, every, last=last and (always_last or every > 0))
+  until = m.every_steps_until_epoch
+  in_epochs = m.every_steps and (not until or step <= until * steps_per_epoch)
   due = {'epoch_end': epoch_end,
          'log': epoch_end or cadence.is_due(step, run.log_every_steps),
-         'fisher': cadence.is_due(step, m.every_steps) or by_epoch(m.every_epochs, False),
-         'hessian': by_epoch(m.hessian_every_epochs, False),
-         'eigen': by_epoch(m.eigen_every_epochs, False),
-         'eval': by_epoch(run.eval_every_epochs, True),
-         'checkpoint': by_epoch(run.checkpoint_every_epochs, True)}
+         'fisher': (in_epochs and cadence.is_due(step, m.every_steps))
+                   or by_epoch(m.every_epochs, False),
+         'hessian': by_epoch(m.hessian_every_epochs, False) or (
+             converged and m.hessian_every_epochs > 0),
+         'eigen': by_epoch(m.eigen_every_epochs, False) or (
+             converged and m.eigen_every_epochs > 0),
+         'eval': by_epoch(run.eval_every_epochs, True) or converged,
+         'checkpoint': by_epoch(run.checkpoint_every_epochs, True),
+         'fit': epoch_end and run.stop.train_accuracy > 0,
+         'end': last}
   return frozenset(k for k, v in due.items() if v)
 
 
@@ -299,6 +316,18 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
     state = initial
   if is_writer:  # Drops what was logged after the checkpoint (all of it from scratch).
     metrics_file.prepare_for_resume(workdir, start_step or None)
+  converged_at, done_before = None, {}
+  if start_step and run.stop.train_accuracy > 0:  # The fit target's state is in the records.
+    records = [r for r in metrics_file.read_records(workdir) if r['step'] <= start_step]
+    converged_at = fit_stop.convergence_epoch(records, run.stop.train_accuracy)
+    for r in records:
+      done_before.update({k: v for k, v in r.items() if k not in ('step', 'epoch')})
+  stop_step = fit_stop.end_epoch(converged_at, run.stop.extra_epochs,
+                                 run.num_epochs) * steps_per_epoch
+  if run.stop.train_accuracy > 0 and not inp.has_split(data.TRAIN_EVAL_SPLIT):
+    raise ValueError(f'stop.train_accuracy={run.stop.train_accuracy} needs the whole training '
+                     f'set in memory, which dataset {run.dataset.name!r} is not; set '
+                     'stop.train_accuracy=0.')
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index(), console=screen)
   cleanup.callback(writer.close)
@@ -330,6 +359,8 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
                                            every_secs=30.0) if is_writer else lambda step: None
   train_sums, train_count = None, 0
   latest: Dict[str, float] = {}
+  if start_step >= stop_step:  # It reached its fit target and trained its extra epochs before.
+    latest, last_step = done_before, start_step
   iterator = inp.train_iterator(start_step)
   for step in range(start_step + 1, last_step + 1):  # `step` counts updates done after it.
     train_step = train_steps[recompute_due(step - 1)]
@@ -338,8 +369,18 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
     train_count += 1
     report(step)
     screen.advance(step)
-    due = _due(run, step, steps_per_epoch)
+    due = _due(run, step, steps_per_epoch, converged_at)
     record: Dict[str, Any] = {}
+    if 'fit' in due:
+      record.update(_evaluate(eval_step, state, inp, data.TRAIN_EVAL_SPLIT, run.batch_size,
+                              mesh))
+      if (converged_at is None
+          and record[fit_stop.TRAIN_FULL_ACCURACY] >= run.stop.train_accuracy):
+        converged_at = step // steps_per_epoch
+        screen.note(f'Reached the fit target (accuracy {run.stop.train_accuracy:g} on the '
+                    f'whole training set) at epoch {converged_at}; '
+                    f'{run.stop.extra_epochs} more epochs.')
+        due = _due(run, step, steps_per_epoch, converged_at)
     if 'log' in due:
       record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
                      float(v) / train_count for k, v in jax.device_get(train_sums).items()})
@@ -367,6 +408,8 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
                                float(learning_rate(step - 1)))
         logging.warning('The state at step %d is non-finite: its checkpoint is not saved.', step)
     if on_epoch is not None and 'epoch_end' in due and on_epoch(step // steps_per_epoch):
+      break
+    if 'end' in due:  # The fit target's last extra epoch (or the budget's last step).
       break
 
   screen.finish(writers.read_metrics(workdir) if is_writer else [], workdir)

@@ -13,6 +13,7 @@ from fisher_jax import _extras
 _extras.require('train', __name__)
 
 from fisher_jax.data.base import EVAL_SPLITS
+from fisher_jax.data.base import TRAIN_EVAL_SPLIT
 from fisher_jax.data.base import InputBase
 from fisher_jax.data.digits import SklearnDigits
 from fisher_jax.data.label_noise import corrupt_labels

@@ -7,6 +7,10 @@
 import math
 
 EVAL_SPLITS = ('val', 'test')
+# The whole training set (after the validation carve-out and subset) in evaluation mode, against
+# the labels trained on: what a fit target (`config.stop`) reads. Not one of EVAL_SPLITS: the loop
+# evaluates it only when a fit target is set.
+TRAIN_EVAL_SPLIT = 'train_full'
 
 
 def even_shard(size: int, index: int, count: int):
@@ -38,7 +42,8 @@ class InputBase:
     self.seed = seed
     self.num_train = 0
     self.steps_per_epoch = 0
-    self._split_sizes = {}  # 'val' / 'test' -> examples, for the splits that exist
+    # 'val' / 'test' / TRAIN_EVAL_SPLIT -> examples, for the splits that exist
+    self._split_sizes = {}
 
   def _set_num_train(self, num_train):
     self.num_train = num_train
@@ -48,9 +53,11 @@ class InputBase:
                        f'of {self.spec.name!r}; use a batch_size of at most {num_train}.')
 
   def has_split(self, split: str) -> bool:
-    """Whether `eval_iterator(split, ...)` has data ('val' needs val_fraction > 0 or a split)."""
-    if split not in EVAL_SPLITS:
-      raise ValueError(f'split={split!r} is unknown; choose one of {list(EVAL_SPLITS)}.')
+    """Whether `eval_iterator(split, ...)` has data ('val' needs val_fraction > 0 or a split;
+    TRAIN_EVAL_SPLIT needs an in-memory dataset)."""
+    if split not in EVAL_SPLITS + (TRAIN_EVAL_SPLIT,):
+      raise ValueError(f'split={split!r} is unknown; choose one of '
+                       f'{list(EVAL_SPLITS + (TRAIN_EVAL_SPLIT,))}.')
     return split in self._split_sizes
 
   def _check_split(self, split):

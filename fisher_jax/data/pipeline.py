@@ -290,6 +290,7 @@ class Input(base.InputBase):
     elif spec.val_split is not None:
       self._eval['val'] = self._held_split(builder, spec.val_split)
     self._eval['test'] = self._held_split(builder, spec.test_split)
+    self._eval[base.TRAIN_EVAL_SPLIT] = self._train
     self._split_sizes = {k: v.size for k, v in self._eval.items()}
 
   def _check_images(self, images, split):
@@ -350,13 +351,14 @@ class Input(base.InputBase):
     """This process's shard of `split`, padded to the common number of batches.
 
     Args:
-      split: 'val' or 'test'.
+      split: 'val', 'test' or 'train_full' (the training set used, unaugmented, against the
+        labels trained on).
       batch_size: the GLOBAL eval batch size; each process gets batch_size // process_count
         rows per batch.
 
     Yields:
       dict image float32 [b, H, W, C] (normalized, zeros on padding), label int32 [b] (true
-      labels, 0 on padding), mask float32 [b] (1 for a real example, 0 for padding). Across all
+      labels, the trained ones for 'train_full'; 0 on padding), mask float32 [b] (1 for a real example, 0 for padding). Across all
       processes every example of the split appears exactly once with mask 1.
     """
     local = self._local_eval_batch(batch_size)

@@ -1,6 +1,10 @@
 """Writes every figure of the runs under a root and a report.md with each claim's verdict.
 
   python -m experiments.report --root DIR --out DIR
+  python -m experiments.report --study confirmatory --root DIR --out DIR [--timing FILE]
+
+The default study is the exploratory one (v1, below); `--study confirmatory` writes the
+confirmatory study's report instead (protocol v2: `experiments.confirmatory`).
 
 It reads only config.json and metrics.jsonl of the runs (ROOT/<sweep>/<run>/, as written by
 `experiments.run`), groups them by their config's `experiment.name`, draws each experiment's
@@ -71,6 +75,7 @@ SENSITIVITY = (
     summaries.EarlyPhase(method='window', start_epoch=0.0, end_epoch=5.0),
 )
 _PENALTY_NAMES = {'gpx': 'GPx', 'gp': 'GP', 'fp': 'FP', 'gpr': 'GPr'}
+STUDIES = ('v1', 'confirmatory')
 
 
 def _cell(value) -> str:
@@ -357,9 +362,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--root', required=True, help='the --root of experiments.run')
   parser.add_argument('--out', required=True, help='where the figures and report.md go')
+  parser.add_argument('--study', choices=STUDIES, default=STUDIES[0],
+                      help='v1: the exploratory study (C1-C5 of docs/experiments.md); '
+                      'confirmatory: protocol v2 (C0-C5, experiments/confirmatory.py)')
+  parser.add_argument('--timing', default=None,
+                      help='confirmatory only: a JSON of the study\'s compute (wall_s, cpu_s, '
+                      'max_rss_mb, runs, command) for the report')
   args = parser.parse_args(argv)
   command = 'python -m experiments.report ' + ' '.join(argv if argv is not None else
                                                        sys.argv[1:])
+  if args.study == 'confirmatory':
+    from experiments import confirmatory  # pylint: disable=g-import-not-at-top
+    print(confirmatory.write_report(args.root, args.out, command, args.timing))
+    return 0
+  if args.timing is not None:
+    parser.error('--timing is read by --study confirmatory only; drop it or add the study.')
   print(write_report(args.root, args.out, command))
   return 0
 

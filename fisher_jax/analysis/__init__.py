@@ -17,8 +17,11 @@ from fisher_jax.analysis import claims
 from fisher_jax.analysis import plots
 from fisher_jax.analysis.runs import Run, label_of, load_run, load_runs, read_metrics, runs_table
 from fisher_jax.analysis.stats import (Correlation, Effect, correlation, difference,
-                                       format_mean_std, mean_std, paired_difference, ratio)
-from fisher_jax.analysis.summaries import (EarlyPhase, PRIMARY_THRESHOLD, best_value, diverged,
+                                       format_mean_std, mean_std, one_sided_confidence,
+                                       paired_difference, paired_ratio, ratio)
+from fisher_jax.analysis.summaries import (EarlyPhase, PRIMARY_THRESHOLD, best_value,
+                                           convergence_epoch, converged_value, converged_values,
+                                           diverged, early_fisher_window,
                                            early_fisher, early_value, final_value, finished,
-                                           mean_value,
-                                           test_at_best_val, value_at_best)
+                                           initial_value, mean_value,
+                                           test_at_best_val, value_at_best, value_at_fit)

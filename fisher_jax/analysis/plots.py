@@ -222,6 +222,35 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
   return _save(fig, curves, out_dir, name)
 
 
+def plot_curves(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequence[str],
+                variants: Optional[Sequence[str]] = None, suptitle: str = '') -> pd.DataFrame:
+  """Curves of `metrics` per epoch: rows = the runs' groups, columns = metrics, one line per
+  variant (`label_of`: the mean over seeds, every seed thin beneath it; diverged runs dotted,
+  never averaged in). Writes `<name>.png` and `<name>.csv`.
+
+  Returns:
+    The plotted curves: group, variant, metric, epoch, mean, std, n (over seeds).
+  """
+  return _plot_curve_grid(runs, out_dir, name, metrics, variants=variants, suptitle=suptitle)
+
+
+def save_figure(fig: Figure, frame: pd.DataFrame, out_dir: str, name: str) -> pd.DataFrame:
+  """Writes `fig` as `<out_dir>/<name>.png` and `frame` (the numbers plotted) as
+  `<out_dir>/<name>.csv`; returns `frame`."""
+  return _save(fig, frame, out_dir, name)
+
+
+def plain_log_ticks(ax, axis: str = 'both') -> None:
+  """Readable ticks on the log axes of `ax` ('100', '200', '500'); an axis whose data span less
+  than a factor of 10 goes back to a linear scale."""
+  _plain_log_ticks(ax, axis)
+
+
+def empty_figure(message: str) -> Figure:
+  """A figure holding only `message` (for a figure without data)."""
+  return _empty_figure(message)
+
+
 def plot_fisher_explosion(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
   """Experiment 1: train/val accuracy, Tr(F) and gradient norm per epoch, per learning rate.
 

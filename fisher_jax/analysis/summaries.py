@@ -19,19 +19,28 @@ rather than a fixed epoch window, so slow and fast runs are compared at the same
 
 Test accuracy is reported at the epoch of best VALIDATION accuracy (`test_at_best_val`), so no
 number is selected on the test split.
+
+The confirmatory study (v2) reads runs trained to a fit target (`config.stop`): its primary
+Tr(F_i) is `early_fisher_window` (the mean over epochs (1, 7], never step 0; `reduce='max'` and
+`steps=(start, end)` and `relative_to_init=True` are sensitivity definitions, as is
+`value_at_fit(run, 0.8, metric=FISHER)`); a run's convergence epoch is `convergence_epoch`, its
+converged test accuracy and Tr(H) `converged_value`, and runs compared below convergence are
+read at the same fit with `value_at_fit`.
 """
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
+from fisher_jax import fit_stop
 from fisher_jax.analysis.runs import Run
 
 FISHER = 'curvature/fisher_trace'
 TRAIN_ACCURACY = 'train/accuracy'
+TRAIN_FULL_ACCURACY = fit_stop.TRAIN_FULL_ACCURACY  # the whole training subset, at epoch ends
 PRIMARY_THRESHOLD = 0.8
 METHODS = ('max_until_threshold', 'window', 'threshold')
 
@@ -84,6 +93,117 @@ def early_fisher(records: Union[Run, pd.DataFrame, Iterable[Mapping[str, Any]]],
   elif not allow_unfinished:
     return math.nan
   return float(values[metric].max())
+
+
+# The confirmatory study's early phase (docs/experiments.md, "Protocol v2"): the paper records
+# Tr(F_i) "during the early phase of training (2-7 epochs)".
+WINDOW_START_EPOCH = 1.0
+WINDOW_END_EPOCH = 7.0
+
+
+def early_fisher_window(records: Union[Run, pd.DataFrame, Iterable[Mapping[str, Any]]], *,
+                        start_epoch: float = WINDOW_START_EPOCH,
+                        end_epoch: float = WINDOW_END_EPOCH, metric: str = FISHER,
+                        reduce: str = 'mean', allow_unfinished: bool = False,
+                        steps: Optional[Tuple[int, int]] = None,
+                        relative_to_init: bool = False) -> float:
+  """The confirmatory study's primary early-phase Tr(F_i): the mean of Tr(F) over a window.
+
+  Tr(F_i) = mean of `metric` over the records with start_epoch < epoch <= end_epoch, every
+  in-epoch and epoch-end measurement inside the window counting once. The window is open on the
+  left, so the initialization (step 0, epoch 0) is never read, whatever `start_epoch` (>= 0):
+  runs of one seed share their initial weights and so their initial Tr(F), whatever their
+  learning rate.
+
+  Args:
+    records: a `Run`, its metrics DataFrame, or metrics.jsonl records (dicts with 'step',
+      'epoch' and metric names), e.g. the records of a run still in progress.
+    start_epoch: the window starts after this epoch (exclusive; >= 0).
+    end_epoch: the window's last epoch (inclusive; > start_epoch).
+    metric: the curvature metric summarized.
+    reduce: 'mean' (the primary definition) or 'max' (a sensitivity definition).
+    allow_unfinished: for a run that has not logged `end_epoch` yet, the value over the part
+      of the window logged so far (what a pruner reads) instead of NaN.
+    steps: (start, end): the window in optimizer steps instead of epochs, start < step <= end
+      (a sensitivity definition that does not scale with the batch size; start >= 0, so step 0
+      is never read either); replaces `start_epoch` and `end_epoch`.
+    relative_to_init: divide by the value at step 0 (`initial_value`): whether and how far
+      Tr(F) rose above its initialization (a sensitivity definition; NaN without a positive
+      step-0 value).
+
+  Returns:
+    Tr(F_i); NaN when no record of `metric` lies in the window, or the run has not reached
+    the window's end and `allow_unfinished` is False.
+  """
+  column, start, end = ('epoch', start_epoch, end_epoch) if steps is None else (
+      'step', *steps)
+  if not 0.0 <= start < end:
+    raise ValueError(f'the early-phase window ({start}, {end}] (in {column}s) must have '
+                     f'0 <= start < end.')
+  if reduce not in ('mean', 'max'):
+    raise ValueError(f"reduce={reduce!r} is unknown; choose 'mean' or 'max'.")
+  frame = _frame(records)
+  if metric not in frame or column not in frame:
+    return math.nan
+  if not allow_unfinished and not (frame[column] >= end - 1e-9).any():
+    return math.nan
+  values = frame[[column, metric]].dropna()
+  inside = values[(values[column] > start + 1e-9) & (values[column] <= end + 1e-9)]
+  if not len(inside):
+    return math.nan
+  value = float(inside[metric].mean() if reduce == 'mean' else inside[metric].max())
+  if relative_to_init:
+    initial = initial_value(frame, metric=metric)
+    return value / initial if initial > 0 else math.nan
+  return value
+
+
+def initial_value(records: Union[Run, pd.DataFrame, Iterable[Mapping[str, Any]]], *,
+                  metric: str = FISHER) -> float:
+  """`metric` at step 0 (the initialization, before any update); NaN if not logged there.
+
+  Not an early-phase Tr(F_i): runs of one seed share it whatever their learning rate. It is the
+  reference of `early_fisher_window(..., relative_to_init=True)` (did Tr(F) rise above its
+  initial value?).
+  """
+  frame = _frame(records)
+  if metric not in frame:
+    return math.nan
+  at_init = frame[frame.step == 0][metric].dropna()
+  return float(at_init.iloc[0]) if len(at_init) else math.nan
+
+
+def value_at_fit(records: Union[Run, pd.DataFrame, Iterable[Mapping[str, Any]]], level: float,
+                 *, metric: str = 'test/accuracy',
+                 fit_metric: str = TRAIN_FULL_ACCURACY) -> float:
+  """`metric` when the fit of the training set first reaches `level`.
+
+  Let s* be the step of the first record after step 0 whose `fit_metric` (by default the
+  accuracy on the whole training subset, logged at epoch ends) is >= `level`. The value is
+  `metric` at its first record with step >= s* (at s* itself when both are logged at that epoch's
+  end). Step 0 is never read: e.g. `value_at_fit(run, 0.8, metric=FISHER)` is a sensitivity
+  definition of the early-phase Tr(F_i), and `value_at_fit(run, L)` the test accuracy of a
+  comparison of runs at the same fit L.
+
+  Args:
+    records: a `Run`, its metrics DataFrame, or metrics.jsonl records.
+    level: the fit reached (a training accuracy).
+    metric: the value read.
+    fit_metric: the training accuracy compared with `level`.
+
+  Returns:
+    The value; NaN when `level` is never reached or `metric` has no record from s* on.
+  """
+  frame = _frame(records)
+  if metric not in frame or fit_metric not in frame:
+    return math.nan
+  fit = frame[['step', fit_metric]].dropna()
+  reached = fit[(fit.step > 0) & (fit[fit_metric] >= level)]
+  if not len(reached):
+    return math.nan
+  after = frame[['step', metric]].dropna()
+  after = after[after.step >= reached.step.iloc[0]]
+  return float(after[metric].iloc[0]) if len(after) else math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,16 +344,57 @@ def finished(run: Run) -> bool:
   return bool(run.metrics['epoch'].max() >= float(epochs) - 1e-6)
 
 
+def _epoch_ends(values: pd.DataFrame) -> pd.DataFrame:
+  """The rows of a `Run.series` logged at the end of an epoch: an integral epoch >= 1 (not
+  step 0, not an in-epoch measurement)."""
+  return values[(values.epoch >= 1 - 1e-9) & ((values.epoch - values.epoch.round()).abs() < 1e-6)]
+
+
 def mean_value(run: Run, metric: str, start_epoch: float = 0.0,
-               end_epoch: Optional[float] = None) -> float:
+               end_epoch: Optional[float] = None, epoch_ends: bool = False) -> float:
   """The mean of `metric` over the points with epoch in [start_epoch, end_epoch] (NaN if none).
 
   Used as a learning-speed measure: the mean training accuracy over the epochs is the
-  normalized area under the accuracy curve.
+  normalized area under the accuracy curve. With `epoch_ends`, only the points logged at the end
+  of an epoch count (no step-0 or in-epoch measurement), so the mean weighs every epoch once
+  whatever the measurement cadence.
   """
   if not run.has(metric):
     return math.nan
   values = run.series(metric)
+  if epoch_ends:
+    values = _epoch_ends(values)
   end = math.inf if end_epoch is None else end_epoch
   inside = values[(values.epoch >= start_epoch) & (values.epoch <= end)]
   return float(inside.value.mean()) if len(inside) else math.nan
+
+
+def convergence_epoch(run: Run) -> Optional[int]:
+  """The run's convergence epoch E: the first epoch whose `train_full/accuracy` reaches its
+  config's fit target `stop.train_accuracy` (`fisher_jax.fit_stop.convergence_epoch`); None
+  when the run has no fit target or never reached it (unconverged)."""
+  target = float(run.get('stop.train_accuracy') or 0.0)
+  if not target > 0 or TRAIN_FULL_ACCURACY not in run.metrics:
+    return None
+  rows = run.metrics[['step', 'epoch', TRAIN_FULL_ACCURACY]].dropna()
+  return fit_stop.convergence_epoch(rows.to_dict('records'), target)
+
+
+def converged_values(run: Run, metric: str = 'test/accuracy') -> np.ndarray:
+  """[k] values of `metric` at the ends of epochs E, E + 1, ..., E + stop.extra_epochs (the
+  epochs a converged run evaluates every epoch), E = `convergence_epoch(run)`; empty when the
+  run is unconverged or did not log `metric` there."""
+  converged_at = convergence_epoch(run)
+  if converged_at is None or not run.has(metric):
+    return np.zeros(0)
+  last = converged_at + int(run.get('stop.extra_epochs') or 0)
+  values = _epoch_ends(run.series(metric))
+  inside = values[(values.epoch >= converged_at - 1e-6) & (values.epoch <= last + 1e-6)]
+  return inside.value.to_numpy(float)
+
+
+def converged_value(run: Run, metric: str = 'test/accuracy') -> float:
+  """The mean of `metric` over epochs E..E + stop.extra_epochs (`converged_values`), e.g. the
+  converged test accuracy or Tr(H) at convergence; NaN for an unconverged run."""
+  values = converged_values(run, metric)
+  return float(values.mean()) if len(values) else math.nan

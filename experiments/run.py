@@ -284,7 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('names', nargs='+', metavar='NAME',
                       help=f"sweeps to run: 'all' or any of {', '.join(sweeps.SWEEPS)}")
   parser.add_argument('--scale', choices=sweeps.SCALES, default='cpu',
-                      help="'cpu': embedded digits data, minutes; 'full': the published settings")
+                      help="'cpu': Fashion-MNIST with the MLP (the CPU-scale protocols of "
+                           "docs/experiments.md); 'full': the published settings")
   parser.add_argument('--root', required=True, help='runs go to ROOT/<sweep>/<run>/')
   parser.add_argument('--workers', type=int, default=1, help='runs at a time (processes)')
   parser.add_argument('--dry_run', action='store_true',

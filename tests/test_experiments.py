@@ -43,6 +43,10 @@ def _parse(job: runner.Job):
 @pytest.mark.parametrize('scale', sweeps.SCALES)
 def test_every_run_of_every_sweep_builds_a_valid_config(scale, tmp_path):
   for name, sweep in sweeps.SWEEPS.items():
+    if sweep.study == 'confirmatory' and scale == 'full':  # a CPU-sized protocol
+      with pytest.raises(ValueError, match='runs at --scale cpu only'):
+        sweep.runs(scale)
+      continue
     runs = sweep.runs(scale)
     assert runs, name
     for job in (runner.make_job(name, r, str(tmp_path)) for r in runs):
@@ -52,7 +56,9 @@ def test_every_run_of_every_sweep_builds_a_valid_config(scale, tmp_path):
       assert config.experiment.variant and config.experiment.group, job.key
       spec = data.get_spec(config.dataset.name)
       if scale == 'cpu':
-        assert config.dataset.name == 'fashion_mnist' and config.model.name == 'mlp', job.key
+        assert config.dataset.name == 'fashion_mnist', job.key
+        # The MLP, but for the confirmatory study's descriptive LeNet-5 arm.
+        assert config.model.name == ('lenet5' if '/lenet' in job.key else 'mlp'), job.key
       model_kwargs = {k: v for k, v in config.model.items() if k != 'name'}
       models.get_model(config.model.name, spec.num_classes, **model_kwargs)
       regularizers.validate_name(config.regularizer.name)

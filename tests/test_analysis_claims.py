@@ -11,6 +11,7 @@ from scipy import stats as scipy_stats
 
 from fisher_jax import analysis
 from fisher_jax.analysis import claims
+from fisher_jax.analysis import plots
 from fisher_jax.analysis import stats
 from cases import epoch_records
 from cases import write_run
@@ -174,3 +175,10 @@ def test_c3_c4_c5_effects_and_directions(tmp_path):
   assert c5.verdict == 'held'  # Tr(H) at the best-validation point: 10-12 against 28-32
   assert c5.effect.estimate == pytest.approx(
       math.exp(np.mean(np.log([10, 11, 12])) - np.mean(np.log([30, 28, 32]))))
+  # Each continued run's parent Tr(F_i) is that of its own phase-1 run (same start and seed).
+  table = plots.plot_flat_minima(runs, str(tmp_path / 'figures'))
+  parents = {r.run: analysis.early_value(next(p for p in runs if p.variant == 'phase1'
+                                              and p.group == r.group and p.get('seed') == r.seed))
+             for r in table.itertuples()}
+  assert table.parent_early_fisher.tolist() == [parents[r] for r in table.run]
+  assert len(set(parents.values())) == len(parents) == 6

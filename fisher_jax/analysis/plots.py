@@ -451,13 +451,14 @@ def plot_flat_minima(runs: Sequence[Run], out_dir: str,
   best-validation point, one colour per starting model (group), with mean ± std.
 
   Returns:
-    `flat_minima_table` of the continued runs, with the phase-1 early Tr(F_i) of their group as
-    'parent_early_fisher'.
+    `flat_minima_table` of the continued runs, with the early Tr(F_i) of the phase-1 run each
+    continues (same group and seed) as 'parent_early_fisher'.
   """
   table = flat_minima_table(runs, phase)
-  parents = table[table.variant == 'phase1'].groupby('group').early_fisher.first()
+  parents = table[table.variant == 'phase1'].groupby(['group', 'seed']).early_fisher.first()
   children = table[table.variant == 'phase2'].copy()
-  children['parent_early_fisher'] = children.group.map(parents)
+  children['parent_early_fisher'] = [parents.get((g, s), np.nan)
+                                     for g, s in zip(children.group, children.seed)]
   if not len(children):
     return _save(_empty_figure('flat_minima: no continued runs'), children, out_dir,
                  'flat_minima')

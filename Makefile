@@ -1,23 +1,34 @@
 # `make run` trains the default experiment; `make test` runs the test suite.
 # Both create a virtual environment in .venv when none is active and install the package with
-# every extra (`.[test]`, see pyproject.toml) into it once.
+# every extra (`.[test]`, see pyproject.toml) into it once: the exact versions of the lock file
+# requirements/test.txt (Linux x86-64, Python 3.11, with hashes) when it is there, which are the
+# versions that produced the committed numbers; `make lock` refreshes it to the newest versions.
 VENV ?= .venv
 PYTHON := $(if $(VIRTUAL_ENV),python,$(VENV)/bin/python)
 STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.fisher_jax-installed
 WORKDIR ?= runs/default
 CONFIG ?= configs/default.py
+LOCK := requirements/test.txt
+LOCKED := $(wildcard $(LOCK))
 
-.PHONY: install run test
+.PHONY: install lock run test
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml setup.py $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
+$(STAMP): pyproject.toml setup.py $(LOCKED) $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(if $(LOCKED),$(PYTHON) -m pip install -q --require-hashes -r $(LOCK))
+	$(PYTHON) -m pip install -q $(if $(LOCKED),--no-deps) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
+	$(PYTHON) -m pip install -q uv
+	$(PYTHON) -m uv pip compile pyproject.toml --extra test --upgrade --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header \
+	  --no-annotate -o $(LOCK)
 
 run: install
 	$(PYTHON) -m fisher_jax.main --config $(CONFIG) --workdir $(WORKDIR)

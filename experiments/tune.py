@@ -1,7 +1,8 @@
 """Hyperparameter search on Optuna: each trial one ordinary fisher_jax run in its own workdir.
 
   python -m experiments.tune --config configs/default.py --space lr --study lr8 --trials 8 \
-      [--pruner fisher|median|none] [--root DIR] [--storage URL] [--config.num_epochs=6 ...]
+      [--pruner fisher|median|fisher_or_median|successive_halving|hyperband|none] \
+      [--root DIR] [--storage URL] [--config.num_epochs=6 ...]
 
 Needs the `tune` extra (optuna). The study lives in `--storage`: by default the journal file
 ROOT/study.journal next to its runs (ROOT defaults to runs/tune/STUDY); a database URL
@@ -12,11 +13,12 @@ process runs trials until the study holds `--trials` trials that did not fail.
 
 A trial is `fisher_jax.train.train_and_evaluate` of CONFIG (with the `--config.*` overrides
 given here) and the overrides of the search space `--space` (configs/spaces.py). After every
-epoch its validation accuracy is reported to Optuna (`trial.report(val/accuracy, epoch)`) and its
-per-epoch curves (Tr(F), training and validation accuracy) are stored as the trial's user
-attribute `metrics` (what `FisherExplosionPruner` reads); the pruner may then stop it. The
-objective is the run's best validation accuracy; the test accuracy at that epoch is stored as
-the user attribute `test_accuracy` and reported, never used to select.
+epoch `report_epochs` stores its per-epoch curves (Tr(F), training and validation accuracy) as
+the trial's user attribute `metrics` (what `FisherExplosionPruner` reads) and reports its
+validation accuracy to Optuna (`trial.report(val/accuracy, epoch)`, what the other pruners
+read); the pruner may then stop it. The objective is the run's best validation accuracy
+(`best_epoch`); the test accuracy at that epoch is stored as the user attribute
+`test_accuracy` and reported, never used to select.
 
 Trial states: COMPLETE (ran to the end), PRUNED (stopped by the pruner, or diverged: user
 attribute `diverged`), FAIL (the worker running it died, see below; or the trial was created
@@ -43,7 +45,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 import warnings
 
 from absl import app
@@ -55,7 +57,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `configs` (a package there) and `experiments`, from any directory.
   sys.path.insert(0, REPO)
 
-PRUNERS = ('fisher', 'median', 'none')
+PRUNERS = ('fisher', 'median', 'fisher_or_median', 'successive_halving', 'hyperband', 'none')
+# The pruners that read Tr(F) (every epoch).
+FISHER_PRUNERS = ('fisher', 'fisher_or_median')
 SAMPLERS = ('tpe', 'random')
 JOURNAL_FILE = 'study.journal'
 LOCK_DIR = 'locks'
@@ -73,13 +77,23 @@ flags.DEFINE_string('root', None, "The study's runs: ROOT/trial_NNNN/ (default r
 flags.DEFINE_string('storage', None, 'Optuna storage: a journal file path (default '
                     'ROOT/study.journal) or a database URL (postgresql://, mysql://, sqlite:///).')
 flags.DEFINE_enum('pruner', 'fisher', PRUNERS, 'fisher: FisherExplosionPruner on the early '
-                  'Tr(F); median: Optuna\'s MedianPruner on validation accuracy; none.')
-flags.DEFINE_integer('warmup_epochs', 1, 'No pruning before this many epochs (both pruners).')
-flags.DEFINE_integer('min_trials', 3, 'No pruning before this many trials are complete.')
+                  'Tr(F); median: Optuna\'s MedianPruner on validation accuracy; '
+                  'fisher_or_median: either; successive_halving, hyperband: Optuna\'s, on '
+                  'validation accuracy; none.')
+flags.DEFINE_integer('warmup_epochs', 1, 'No pruning before this many epochs (fisher, median).')
+flags.DEFINE_integer('min_trials', 3, 'No pruning before this many trials are complete '
+                     '(fisher, median).')
 flags.DEFINE_float('fisher_factor', 2.0, 'FisherExplosionPruner: prune above this multiple of '
                    'the good complete trials\' largest early Tr(F).')
 flags.DEFINE_float('fisher_top_fraction', 0.5, 'FisherExplosionPruner: the best share of the '
                    'complete trials that count as good.')
+flags.DEFINE_enum('fisher_definition', 'window', ('window', 'v1'), 'FisherExplosionPruner: the '
+                  'early Tr(F): window (mean over epochs (1, 7] so far) or v1 (max from step 0 '
+                  'until train accuracy 0.8, the old benchmark\'s).')
+flags.DEFINE_integer('min_resource', 1, 'successive_halving, hyperband: the epoch of the first '
+                     'rung.')
+flags.DEFINE_integer('reduction_factor', 3, 'successive_halving, hyperband: each rung keeps '
+                     'the best 1/reduction_factor (rungs at min_resource * factor^k epochs).')
 flags.DEFINE_enum('sampler', 'tpe', SAMPLERS, 'Optuna sampler.')
 flags.DEFINE_integer('seed', None, "The sampler's seed (give each process its own, or none).")
 flags.DEFINE_integer('max_retry', 3, 'Times a trial whose worker died is retried.')
@@ -122,16 +136,48 @@ def _retry_callback(max_retry: int):
 
 
 def make_pruner(name: str, *, warmup_epochs: int = 1, min_trials: int = 3,
-                fisher_factor: float = 2.0, fisher_top_fraction: float = 0.5):
-  """The pruner called `name` (see PRUNERS), with the same warm-up and minimum of trials."""
+                fisher_factor: float = 2.0, fisher_top_fraction: float = 0.5,
+                fisher_definition: str = 'window', min_resource: int = 1,
+                reduction_factor: int = 3, max_resource: Union[int, str] = 'auto'):
+  """The pruner called `name` (see PRUNERS).
+
+  * 'fisher': `pruners.FisherExplosionPruner` (factor, top_fraction, definition of the early
+    Tr(F)), 'median': Optuna's `MedianPruner`, 'fisher_or_median': `pruners.
+    FisherOrMedianPruner` (either); the three share `warmup_epochs` (no pruning at a smaller
+    epoch) and `min_trials` (no pruning before that many trials are COMPLETE).
+  * 'successive_halving': Optuna's (asynchronous) `SuccessiveHalvingPruner`: at the rungs,
+    epochs min_resource * reduction_factor^k, a trial goes on only if its reported objective is
+    among the best 1/reduction_factor of those reported at that rung so far. The defaults
+    (1, 3) put rungs at epochs 1, 3 and 9 of a 15-epoch trial; Optuna's own (min_resource
+    'auto' = 1 for fewer than 200 epochs, reduction factor 4) would leave only epochs 1 and 4.
+  * 'hyperband': Optuna's `HyperbandPruner`: successive halving in floor(log_rf(max_resource /
+    min_resource)) + 1 brackets (3 for 15 epochs: first rungs at epochs 1, 3 and 9), a trial's
+    bracket a hash of (study name, trial number). `max_resource`: the trials' epochs
+    (experiments.tune passes config.num_epochs); 'auto': the last epoch of the first COMPLETE
+    trial.
+  * 'none': Optuna's `NopPruner`.
+
+  Raises:
+    ValueError: an unknown name or a setting out of range.
+  """
   import optuna  # pylint: disable=g-import-not-at-top
-  if name == 'fisher':
+  if name in ('fisher', 'fisher_or_median'):
     from fisher_jax import pruners  # pylint: disable=g-import-not-at-top
-    return pruners.FisherExplosionPruner(factor=fisher_factor, warmup_epochs=warmup_epochs,
-                                         min_completed_trials=min_trials,
-                                         top_fraction=fisher_top_fraction)
+    cls = (pruners.FisherExplosionPruner if name == 'fisher' else pruners.FisherOrMedianPruner)
+    return cls(factor=fisher_factor, warmup_epochs=warmup_epochs,
+               min_completed_trials=min_trials, top_fraction=fisher_top_fraction,
+               early_fisher=fisher_definition)
   if name == 'median':
     return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=warmup_epochs)
+  if name in ('successive_halving', 'hyperband'):
+    if min_resource < 1 or reduction_factor < 2:
+      raise ValueError(f'--min_resource={min_resource} must be >= 1 and --reduction_factor='
+                       f'{reduction_factor} >= 2 (the rungs of {name}).')
+    if name == 'successive_halving':
+      return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                    reduction_factor=reduction_factor)
+    return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
+                                          reduction_factor=reduction_factor)
   if name == 'none':
     return optuna.pruners.NopPruner()
   raise ValueError(f'--pruner={name!r} is unknown; choose one of {list(PRUNERS)}.')
@@ -253,6 +299,30 @@ def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int)
 # --- Trials. --------------------------------------------------------------------------------------
 
 
+def report_epochs(trial, frame, config: Optional[Dict[str, Any]], reported: Set[int]):
+  """What a trial tells Optuna after an epoch: its curves so far and its new validation scores.
+
+  Stores the curves (`pruners.record_metrics`: the user attributes `metrics` and `config`) and
+  calls `trial.report(val/accuracy, epoch)` for every integral epoch of `frame` with a
+  validation accuracy that is not in `reported` yet (then adds it there). The live search
+  (`_EpochReporter`) and the replay benchmark (benchmarks/pruning.py) both report this way.
+
+  Args:
+    trial: the running trial.
+    frame: the run's metrics so far (`analysis.read_metrics`).
+    config: the run's resolved config (nested dicts), or None.
+    reported: the epochs reported before (updated in place).
+  """
+  from fisher_jax import pruners  # pylint: disable=g-import-not-at-top
+  pruners.record_metrics(trial, frame, config)
+  if 'val/accuracy' not in frame:
+    return
+  for epoch, value in zip(frame['epoch'].to_numpy(float), frame['val/accuracy'].to_numpy(float)):
+    if value == value and float(epoch).is_integer() and int(epoch) not in reported:  # Not NaN.
+      trial.report(float(value), int(epoch))
+      reported.add(int(epoch))
+
+
 class _EpochReporter:
   """The `on_epoch` of a trial's run: reports each new epoch from metrics.jsonl, asks to prune."""
 
@@ -260,22 +330,15 @@ class _EpochReporter:
     self._trial = trial
     self._workdir = workdir
     self._config = config
-    self._reported = set()
+    self._reported: Set[int] = set()
     self.pruned_at: Optional[int] = None
     self.trained: List[int] = []  # The epochs trained by this attempt.
 
   def report(self):
     """Stores the curves and reports the validation accuracy of the epochs not reported yet."""
     from fisher_jax import analysis  # pylint: disable=g-import-not-at-top
-    from fisher_jax import pruners  # pylint: disable=g-import-not-at-top
     frame = analysis.read_metrics(self._workdir)
-    pruners.record_metrics(self._trial, frame, self._config)
-    if 'val/accuracy' not in frame:
-      return frame
-    for epoch, value in frame[['epoch', 'val/accuracy']].dropna().itertuples(index=False):
-      if float(epoch).is_integer() and int(epoch) not in self._reported:
-        self._trial.report(float(value), int(epoch))
-        self._reported.add(int(epoch))
+    report_epochs(self._trial, frame, self._config, self._reported)
     return frame
 
   def __call__(self, epoch: int) -> bool:
@@ -312,11 +375,16 @@ class Worker:
     journal: whether the storage is the journal file (lock-based recovery of dead workers).
     grace_period, max_retry: see the flags.
     log: where one line per finished trial goes.
+    train_fn: `(config, workdir, on_epoch=...) -> metrics` that runs a trial (None:
+      `fisher_jax.train.train_and_evaluate`); it calls `on_epoch(epoch)` after each epoch's
+      records are in WORKDIR/metrics.jsonl and stops when it returns True (tests give one that
+      writes prepared curves).
   """
 
   def __init__(self, base_config, space: Callable, root: str, trials: int, *,
                command: Sequence[str] = (), journal: bool = True, grace_period: float = 60,
-               max_retry: int = 3, log: Callable[[str], None] = print):
+               max_retry: int = 3, log: Callable[[str], None] = print,
+               train_fn: Optional[Callable[..., Any]] = None):
     self._base = base_config
     self._space = space
     self._root = root
@@ -326,6 +394,7 @@ class Worker:
     self._grace = grace_period
     self._max_retry = max_retry
     self._log = log
+    self._train_fn = train_fn
     self._lock = _TrialLock(root)
 
   def recover(self, study) -> List[int]:
@@ -339,8 +408,11 @@ class Worker:
   def objective(self, trial) -> float:
     import optuna  # pylint: disable=g-import-not-at-top
     from fisher_jax import guard  # pylint: disable=g-import-not-at-top
-    from fisher_jax import train  # pylint: disable=g-import-not-at-top
     from fisher_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    train_fn = self._train_fn
+    if train_fn is None:
+      from fisher_jax import train  # pylint: disable=g-import-not-at-top
+      train_fn = train.train_and_evaluate
     study = trial.study
     ahead = [t for t in study.get_trials(deepcopy=False)
              if t.number < trial.number and t.state.name in _COUNTED]
@@ -361,7 +433,7 @@ class Worker:
     start = time.monotonic()
     diverged = None
     try:
-      train.train_and_evaluate(config, workdir, on_epoch=reporter)
+      train_fn(config, workdir, on_epoch=reporter)
     except guard.DivergedError as error:  # A result: this setting diverges.
       diverged = error
     except (ValueError, workdir_lib.WorkdirBusyError) as error:
@@ -475,12 +547,16 @@ def main(argv):
   import optuna  # pylint: disable=g-import-not-at-top
   try:
     space = spaces.get_space(FLAGS.space)
+    config = FLAGS.config
     pruner = make_pruner(FLAGS.pruner, warmup_epochs=FLAGS.warmup_epochs,
                          min_trials=FLAGS.min_trials, fisher_factor=FLAGS.fisher_factor,
-                         fisher_top_fraction=FLAGS.fisher_top_fraction)
-    config = FLAGS.config
-    if FLAGS.pruner == 'fisher' and not config.measure.every_epochs:
-      raise ValueError('--pruner=fisher reads Tr(F) every epoch: keep '
+                         fisher_top_fraction=FLAGS.fisher_top_fraction,
+                         fisher_definition=FLAGS.fisher_definition,
+                         min_resource=FLAGS.min_resource,
+                         reduction_factor=FLAGS.reduction_factor,
+                         max_resource=int(config.num_epochs))
+    if FLAGS.pruner in FISHER_PRUNERS and not config.measure.every_epochs:
+      raise ValueError(f'--pruner={FLAGS.pruner} reads Tr(F) every epoch: keep '
                        'config.measure.every_epochs at 1 or choose --pruner=median or none.')
   except ValueError as error:
     sys.exit(f'tune: {error}')

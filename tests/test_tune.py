@@ -1,4 +1,4 @@
-"""Hyperparameter search: the Fisher-explosion pruner's rule, and a study shared by processes."""
+"""Hyperparameter search: a study shared by processes, its trials, the submitit launcher."""
 
 import ast
 import glob
@@ -10,117 +10,12 @@ import sys
 import time
 
 import optuna
-import pandas as pd
 import pytest
 
 from conftest import REPO
 from experiments import tune
-from fisher_jax import pruners
 
-# --- The pruner's rule, on synthetic Tr(F) curves in an in-memory study. ----------------------
-
-# Window of the early phase: epochs [0, 3] (the runs' experiment.early_epochs).
-_CONFIG = {'num_epochs': 8, 'experiment': {'early_epochs': 3}}
-
-
-def _records(fisher, train_accuracy=None):
-  """metrics.jsonl-like rows: Tr(F) at epochs 0, 1, ..., train and val accuracy from epoch 1
-  on (train accuracy 0.5 unless given: the early phase, up to accuracy 0.8, not over)."""
-  train_accuracy = train_accuracy or [0.5] * len(fisher)
-  rows = []
-  for epoch, (f, a) in enumerate(zip(fisher, train_accuracy)):
-    row = {'step': 10 * epoch, 'epoch': float(epoch), 'curvature/fisher_trace': f}
-    if epoch:
-      row.update({'train/accuracy': a, 'val/accuracy': 0.5})
-    rows.append(row)
-  return rows
-
-
-def _add_completed(study, value, fisher, train_accuracy=None):
-  rows = _records(fisher, train_accuracy)
-  study.add_trial(optuna.trial.create_trial(
-      state=optuna.trial.TrialState.COMPLETE, value=value,
-      intermediate_values={int(r['epoch']): r['val/accuracy'] for r in rows if 'val/accuracy' in r},
-      user_attrs={pruners.METRICS_ATTR: rows, pruners.CONFIG_ATTR: _CONFIG}))
-
-
-# Good trials (the best half of four: values 0.90, 0.88) peak at 150 and 120 by epoch 3; a bad
-# complete trial exploded (900) and must not raise the bar.
-_COMPLETED = [(0.90, [100, 120, 140, 150, 150]), (0.88, [100, 110, 115, 120, 118]),
-              (0.60, [100, 300, 600, 900, 800]), (0.55, [100, 200, 220, 240, 200])]
-
-
-def _study(pruner, completed=_COMPLETED):
-  study = optuna.create_study(direction='maximize', pruner=pruner)
-  for value, fisher in completed:
-    _add_completed(study, value, fisher)
-  return study
-
-
-def _replay(study, fisher):
-  """Runs a trial through the curve epoch by epoch; returns the epochs at which it is pruned."""
-  trial = study.ask()
-  pruned = []
-  rows = _records(fisher)
-  for epoch in range(1, len(fisher)):
-    pruners.record_metrics(trial, pd.DataFrame(rows[:epoch + 1]), _CONFIG)
-    trial.report(rows[epoch]['val/accuracy'], epoch)
-    if trial.should_prune():
-      pruned.append(epoch)
-  study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-  return pruned
-
-
-def test_fisher_pruner_prunes_an_exploding_trial_after_the_warmup_and_never_before():
-  pruner = pruners.FisherExplosionPruner(factor=2.0, warmup_epochs=2, min_completed_trials=3)
-  study = _study(pruner)
-  # 2x the good trials' largest early Tr(F) by epoch e: 2*120 at e=1, 2*140 at e=2.
-  assert pruner.threshold(study, 1) == 240 and pruner.threshold(study, 2) == 280
-  exploding = [100, 400, 900, 1500, 1600]  # Above the bar from epoch 1 on.
-  assert _replay(study, exploding) == [2, 3, 4]  # Not at epoch 1: inside the warm-up.
-  late = [100, 120, 130, 350, 400]  # Above 2*150 only at epoch 3.
-  assert _replay(study, late) == [3, 4]
-  # No warm-up: the exploding trial goes at its first epoch.
-  study.pruner = pruners.FisherExplosionPruner(factor=2.0, warmup_epochs=0,
-                                               min_completed_trials=3)
-  assert _replay(study, exploding) == [1, 2, 3, 4]
-
-
-def test_fisher_pruner_never_prunes_the_best_completed_trials_curve():
-  for factor in (1.0, 1.5, 2.0):
-    for top_fraction in (0.25, 0.5, 1.0):
-      pruner = pruners.FisherExplosionPruner(factor=factor, warmup_epochs=0,
-                                             min_completed_trials=1, top_fraction=top_fraction)
-      study = _study(pruner)
-      assert _replay(study, _COMPLETED[0][1]) == []
-      # With factor 1 a curve just above the best trial's own is pruned: the rule is tight.
-      if factor == 1.0 and top_fraction == 0.25:
-        assert _replay(study, [f * 1.01 for f in _COMPLETED[0][1]]) == [1, 2, 3, 4]
-
-
-def test_fisher_pruner_compares_the_primary_early_fisher_tr_f_until_train_accuracy_0_8():
-  pruner = pruners.FisherExplosionPruner(factor=2.0, warmup_epochs=0, min_completed_trials=1)
-  study = optuna.create_study(direction='maximize', pruner=pruner)
-  # The best trial reached train accuracy 0.8 at epoch 2: its Tr(F_i) is 140, not the 900
-  # after it; by epoch 1 it was 120.
-  _add_completed(study, 0.9, [100, 120, 140, 900, 900], [None, 0.6, 0.85, 0.9, 0.9])
-  assert pruner.threshold(study, 1) == 240 and pruner.threshold(study, 4) == 280
-  assert _replay(study, [100, 200, 250, 300, 310]) == [3, 4]
-
-
-def test_fisher_pruner_waits_for_enough_completed_trials():
-  pruner = pruners.FisherExplosionPruner(factor=2.0, warmup_epochs=0, min_completed_trials=3)
-  study = _study(pruner, _COMPLETED[:2])
-  assert _replay(study, [100, 400, 900, 1500, 1600]) == []
-  _add_completed(study, 0.7, [100, 100, 100, 100, 100])
-  assert _replay(study, [100, 400, 900, 1500, 1600]) == [1, 2, 3, 4]
-
-
-def test_fisher_pruner_refuses_parameters_that_could_prune_the_best_trial():
-  with pytest.raises(ValueError, match='factor=0.5 must be at least 1'):
-    pruners.FisherExplosionPruner(factor=0.5)
-  with pytest.raises(ValueError, match=r'top_fraction=0 must be in \(0, 1\]'):
-    pruners.FisherExplosionPruner(top_fraction=0)
+# The pruners' rules and the replay benchmark: tests/test_pruners.py.
 
 
 def test_optuna_is_imported_only_by_the_tuning_modules():

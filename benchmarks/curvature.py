@@ -15,16 +15,19 @@ the benchmark timed before the second part, for before/after comparisons).
 """
 
 import argparse
+import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fisher_jax import curvature, losses
-from fisher_jax.models import get_model
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks import _timing  # noqa: E402
+from fisher_jax import curvature, losses  # noqa: E402
+from fisher_jax.models import get_model  # noqa: E402
 
 
 def _vmap_grad_sq_norms(logits_fn, params, inputs, labels):
@@ -186,18 +189,9 @@ def main():
     jitted['  comparison: Python loop over examples'] = (python_loop, 1)
 
   call_args = (params, inputs, labels, rng, v)
-  for name, (fn, _) in jitted.items():  # compile and warm up
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*call_args))
-    print(f'compiled {name.strip()} ({time.perf_counter() - start:.0f} s)', file=sys.stderr,
-          flush=True)
-  times = {name: [] for name in jitted}
-  for round_index in range(args.rounds):
-    for name, (fn, _) in jitted.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*call_args))
-      times[name].append(time.perf_counter() - start)
-    print(f'round {round_index + 1}/{args.rounds} done', file=sys.stderr, flush=True)
+  calls = {name: (lambda r, fn=fn: fn(*call_args)) for name, (fn, _) in jitted.items()}
+  _timing.warm_up(calls, jax.block_until_ready)  # compile and warm up
+  times = _timing.interleaved_rounds(calls, args.rounds, jax.block_until_ready)
   base = np.median(times['mean-loss gradient (baseline)'])
   print(f'{args.model}, inputs [{args.batch}, 32, 32, 3] float32, {jax.devices()[0].platform}, '
         f'{args.rounds} rounds; cost / one mean-loss gradient (median):')

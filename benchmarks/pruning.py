@@ -60,6 +60,7 @@ import pandas as pd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import tune  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fisher_jax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fisher_jax import pruners as pruners_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fisher_jax import rundir  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SPACE = 'lr_batch'
 STUDY = 'pruning_sweep'
@@ -187,7 +188,7 @@ def load_sweep(root: str, study_name: Optional[str] = None
     if not os.path.isdir(workdir):  # The root was moved: its trial directories moved with it.
       workdir = os.path.join(root, os.path.basename(os.path.normpath(workdir)))
     frame = analysis.read_metrics(workdir)
-    with open(os.path.join(workdir, 'config.json')) as f:
+    with open(os.path.join(workdir, rundir.CONFIG_FILE)) as f:
       config = json.load(f)
     frame = frame[['step', 'epoch'] + [m for m in KEPT_METRICS if m in frame]]
     trial = LoggedTrial(number=t.number, metrics=frame, config=config, params=dict(t.params),

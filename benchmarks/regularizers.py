@@ -35,9 +35,9 @@ from jax import lax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import _timing  # noqa: E402
 from fisher_jax import losses  # noqa: E402
 from fisher_jax import models  # noqa: E402
-from fisher_jax import optim  # noqa: E402
 from fisher_jax import regularizers  # noqa: E402
 
 STRENGTH, LEARNING_RATE, MOMENTUM = 0.1, 0.01, 0.9
@@ -58,7 +58,7 @@ def _make_plain_step(logits_fn):
 
 
 def _make_penalty_steps(logits_fn, name: str, every_k: int, mode: str):
-  """Training steps with the penalty `name` through `optim.add_penalty_gradient`.
+  """Training steps with the penalty `name` through `regularizers.add_penalty_gradient`.
 
   Returns `(tx, {recompute flag: jitted step})`. `mode`:
     'host': the loss gradient and the penalty share one forward pass
@@ -66,9 +66,10 @@ def _make_penalty_steps(logits_fn, name: str, every_k: int, mode: str):
       (`recompute_penalty=True/False`), so no `lax.cond`;
     'host_separate': as 'host', but the loss gradient has its own forward pass and the penalty
       comes from `make_penalty_fn`;
-    'cond': the shared forward pass under `lax.cond(optim.penalty_due(...))`, the device picks.
+    'cond': the shared forward pass under `lax.cond(regularizers.penalty_due(...))`, the device
+      picks.
   """
-  tx = optax.chain(optim.add_penalty_gradient(STRENGTH, every_k=every_k),
+  tx = optax.chain(regularizers.add_penalty_gradient(STRENGTH, every_k=every_k),
                    optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
 
   def loss_and_grads(params, inputs, labels):
@@ -88,7 +89,7 @@ def _make_penalty_steps(logits_fn, name: str, every_k: int, mode: str):
           r = regularizers.loss_and_penalty_grads('none', logits_fn, p, inputs, labels)
           return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
 
-        (loss, grads), penalty = lax.cond(optim.penalty_due(opt_state), with_penalty,
+        (loss, grads), penalty = lax.cond(regularizers.penalty_due(opt_state), with_penalty,
                                           without_penalty, params)
         extra['penalty_fn'] = lambda _: penalty
       elif mode == 'host' and recompute:
@@ -139,7 +140,7 @@ def main():
     def call(rng):
       for i in range(steps_per_call):
         flag = (None if None in steps else
-                bool(optim.recompute_due(state['count'], every_k=every_k, start_step=0)))
+                bool(regularizers.recompute_due(state['count'], every_k=every_k, start_step=0)))
         state['params'], state['opt_state'], loss = steps[flag](
             state['params'], state['opt_state'], inputs, labels, jax.random.fold_in(rng, i))
         state['count'] += 1
@@ -168,18 +169,13 @@ def main():
     keep = ['plain SGD step'] + args.only.split(',')
     variants = {k: v for k, v in variants.items() if k in keep}
 
+  calls = {label: (lambda r, call=call: call(jax.random.fold_in(key, r)))
+           for label, (_, call) in variants.items()}
   start = time.perf_counter()
-  for label, (_, call) in variants.items():  # Compile and warm up.
-    jax.block_until_ready(call(key))
-    print(f'compiled {label} ({time.perf_counter() - start:.0f} s so far)', file=sys.stderr,
-          flush=True)
+  _timing.warm_up(calls, jax.block_until_ready)  # Compile and warm up.
   compile_seconds = time.perf_counter() - start
-  times = {label: [] for label in variants}
-  for r in range(args.rounds):
-    for label, (steps_per_call, call) in variants.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(call(jax.random.fold_in(key, r)))
-      times[label].append((time.perf_counter() - t0) / steps_per_call)
+  times = {label: [t / variants[label][0] for t in ts] for label, ts in
+           _timing.interleaved_rounds(calls, args.rounds, jax.block_until_ready).items()}
   plain = statistics.median(times['plain SGD step'])
   print(f'SimpleCNN 32x32x3, batch {args.batch_size}, float32, {jax.devices()[0].platform}, '
         f'{args.rounds} rounds (compile+warm-up took {compile_seconds / plain:.0f} plain steps)')

@@ -21,15 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from fisher_jax import config_files  # noqa: E402
 from fisher_jax import data  # noqa: E402
 from fisher_jax import models  # noqa: E402
-from fisher_jax import optim  # noqa: E402
-from fisher_jax import parallel  # noqa: E402
-from fisher_jax import settings  # noqa: E402
-from fisher_jax import state as state_lib  # noqa: E402
-from fisher_jax import steps  # noqa: E402
-from fisher_jax import train  # noqa: E402
+from fisher_jax.training import config_files  # noqa: E402
+from fisher_jax.training import loop  # noqa: E402
+from fisher_jax.training import mesh as mesh_lib  # noqa: E402
+from fisher_jax.training import optim  # noqa: E402
+from fisher_jax.training import settings  # noqa: E402
+from fisher_jax.training import state as state_lib  # noqa: E402
+from fisher_jax.training import steps  # noqa: E402
 
 
 def _loop_seconds(config, epochs: int) -> float:
@@ -37,23 +37,23 @@ def _loop_seconds(config, epochs: int) -> float:
   config.num_epochs = epochs
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     return time.perf_counter() - start
 
 
 def _bare_seconds_per_step(config, num_steps: int) -> float:
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   run = settings.read(config)
   inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
   model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
   tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=inp.steps_per_epoch,
                             num_epochs=run.num_epochs)
   state = jax.jit(lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
-                  out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-  step = parallel.data_parallel(steps.make_train_step(model, tx), mesh, batch_args=(1,),
+                  out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
+  step = mesh_lib.data_parallel(steps.make_train_step(model, tx), mesh, batch_args=(1,),
                                 num_args=2, donate_argnums=(0,))
   iterator = inp.train_iterator(0)
-  batches = [parallel.shard_batch(next(iterator), mesh) for _ in range(num_steps)]
+  batches = [mesh_lib.shard_batch(next(iterator), mesh) for _ in range(num_steps)]
   state, metrics = step(state, batches[0])  # Compile.
   jax.block_until_ready(metrics)
   start = time.perf_counter()

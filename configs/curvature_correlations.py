@@ -10,7 +10,7 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr in {0.001, 0.00316, 0.01, 0.0316, 0
       --config.optimizer.learning_rate=0.01 --workdir runs/full/curvature_correlations/lr_0.01
 
 CPU scale (Fashion-MNIST MLP): lr in {0.03, 0.1, 0.3}, 20 epochs, Tr(H) every 2 epochs.
-Figure: `fisher_jax.analysis.plots.plot_curvature_correlations`.
+Figure: `experiments.plots.plot_curvature_correlations`.
 """
 
 from configs import recipes

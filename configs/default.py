@@ -74,10 +74,11 @@ def get_config():
   config.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
   config.init_from.step = ml_collections.FieldReference(None, field_type=int)
 
-  # Training to a fit target (fisher_jax.fit_stop): with train_accuracy > 0, the accuracy on the
-  # whole training set ('train_full/accuracy', evaluation mode) is measured after every epoch;
-  # from the first epoch that reaches it, every epoch is evaluated, and the run ends extra_epochs
-  # later. num_epochs stays the budget cap (a run that reaches it first is unconverged).
+  # Training to a fit target (fisher_jax.training.fit_stop): with train_accuracy > 0, the
+  # accuracy on the whole training set ('train_full/accuracy', evaluation mode) is measured
+  # after every epoch; from the first epoch that reaches it, every epoch is evaluated, and the
+  # run ends extra_epochs later. num_epochs stays the budget cap (a run that reaches it first is
+  # unconverged).
   config.stop = ml_collections.ConfigDict()
   config.stop.train_accuracy = 0.0
   config.stop.extra_epochs = 0
@@ -89,7 +90,8 @@ def get_config():
   config.log_every_steps = 0  # 0: train metrics once per epoch.
 
   # Divergence guard: 'stop' ends the run at the first non-finite training loss or penalty
-  # (exit status fisher_jax.exit_codes.DIVERGED, diverged.json in the workdir); 'off' trains on.
+  # (exit status fisher_jax.training.exit_codes.DIVERGED, diverged.json in the workdir); 'off'
+  # trains on.
   config.guard = ml_collections.ConfigDict()
   config.guard.nonfinite = 'stop'
   return config

@@ -22,7 +22,7 @@ The batch-size axis runs at full scale only.
       --workdir runs/cpu/early_fisher/lr_0.01_s0 --config.optimizer.learning_rate=0.01
 
 The argument is SETTING[,AXIS], AXIS 'lr' (default) or 'batch_size'; the run's
-`experiment.group` is 'SETTING/AXIS'. Figure: `fisher_jax.analysis.plots.plot_early_fisher`.
+`experiment.group` is 'SETTING/AXIS'. Figure: `experiments.plots.plot_early_fisher`.
 """
 
 from configs import recipes

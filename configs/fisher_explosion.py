@@ -16,7 +16,7 @@ the same effective step):
 
 The argument is SETTING[,VARIANT]: SETTING one of configs/recipes.py's settings, VARIANT
 'tuned_lr' (default), 'small_lr', 'tuned_lr_momentum' or 'small_lr_momentum'. Sweep: `python -m experiments.run fisher_explosion`.
-Figure: `fisher_jax.analysis.plots.plot_fisher_explosion`.
+Figure: `experiments.plots.plot_fisher_explosion`.
 """
 
 from configs import recipes

@@ -21,7 +21,7 @@ none, phase 2 180 epochs with Tr(H) every 5 epochs, 5 seeds.
 CPU scale (Fashion-MNIST MLP, lr 0.01): phase 1 30 epochs (FP 0.3 vs none), 3 seeds each; every
 phase-1 run is continued once (same seed) for 24 epochs with Tr(H) every 4 epochs, so the 3 + 3
 phase-2 runs are independent.
-Figure: `fisher_jax.analysis.plots.plot_flat_minima`.
+Figure: `experiments.plots.plot_flat_minima`.
 """
 
 from configs import recipes

@@ -16,7 +16,7 @@ is fisher_explosion's):
 
   python -m fisher_jax.main --config configs/fp_every_k.py:cpu,fp_exact --workdir runs/x
 
-Figure: `fisher_jax.analysis.plots.plot_fp_every_k`.
+Figure: `experiments.plots.plot_fp_every_k`.
 """
 
 from configs import recipes

@@ -17,7 +17,7 @@ baselines are fisher_explosion's runs):
   python -m fisher_jax.main --config configs/fp_start.py:cpu,fp \
       --config.regularizer.start_epoch=2 --workdir runs/cpu/fp_start/fp_from_2
 
-Figure: `fisher_jax.analysis.plots.plot_fp_start`.
+Figure: `experiments.plots.plot_fp_start`.
 """
 
 from configs import recipes

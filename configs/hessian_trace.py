@@ -12,7 +12,7 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr in {0.001, 0.01, 0.1} at batch 128,
 
 CPU scale (Fashion-MNIST MLP): lr in {0.01, 0.3} (80 and 40 epochs), Tr(H) every 4 epochs, 8
 probes on 512 examples.
-Figure: `fisher_jax.analysis.plots.plot_hessian_trace`.
+Figure: `experiments.plots.plot_hessian_trace`.
 """
 
 from configs import recipes

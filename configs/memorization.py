@@ -20,7 +20,7 @@ seeds):
   python -m fisher_jax.main --config configs/memorization.py:cpu,fp \
       --config.regularizer.strength=0.01 --workdir runs/cpu/memorization/fp_0.01
 
-Figure: `fisher_jax.analysis.plots.plot_memorization`.
+Figure: `experiments.plots.plot_memorization`.
 """
 
 from configs import recipes

@@ -13,7 +13,7 @@ Full scale (ours): SimpleCNN on CIFAR-10, lr 0.0316 vs 0.001, batch 128 vs 1024,
       --config.batch_size=1024 --config.regularizer.strength=0.1 --workdir runs/full/per_step/x
 
 CPU scale (Fashion-MNIST MLP): lr 0.3 vs 0.01, batch 32 vs 512 at lr 0.3, 2 epochs.
-Figure: `fisher_jax.analysis.plots.plot_per_step`.
+Figure: `experiments.plots.plot_per_step`.
 """
 
 from configs import recipes

@@ -42,13 +42,13 @@ import numpy as np
 import pandas as pd
 
 from configs import confirmatory as protocol
+from experiments import plots
 from experiments import report
-from fisher_jax import fit_stop
-from fisher_jax.analysis import plots
 from fisher_jax.analysis import stats
 from fisher_jax.analysis import summaries
-from fisher_jax.analysis.runs import Run
 from fisher_jax.analysis.runs import load_runs
+from fisher_jax.analysis.runs import Run
+from fisher_jax.training import fit_stop
 
 EXPERIMENT = 'confirmatory'
 FISHER = summaries.FISHER

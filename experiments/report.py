@@ -8,8 +8,8 @@ confirmatory study's report instead (protocol v2: `experiments.confirmatory`).
 
 It reads only config.json and metrics.jsonl of the runs (ROOT/<sweep>/<run>/, as written by
 `experiments.run`), groups them by their config's `experiment.name`, draws each experiment's
-figure (`fisher_jax.analysis.plots`: a PNG and the CSV of the plotted numbers each) and decides
-the claims C1-C5 (`fisher_jax.analysis.claims`) under the rules of docs/experiments.md: every
+figure (`experiments.plots`: a PNG and the CSV of the plotted numbers each) and decides
+the claims C1-C5 (`experiments.claims`) under the rules of docs/experiments.md: every
 verdict with its effect size, 95% confidence interval and n; "held" only when the interval
 excludes no effect; each run counted once; the primary Tr(F_i) definition decides, the others
 are a sensitivity table. It also lists every run with its final training accuracy (the
@@ -29,9 +29,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from experiments import claims
+from experiments import plots
 from fisher_jax import analysis
-from fisher_jax.analysis import claims
-from fisher_jax.analysis import plots
+from fisher_jax import rundir
 from fisher_jax.analysis import stats
 from fisher_jax.analysis import summaries
 
@@ -223,7 +224,7 @@ def _timing(runs: Sequence[analysis.Run]) -> str:
   """When the runs' files were first and last written (the study's wall time)."""
   starts, ends = [], []
   for r in runs:
-    for name, bucket in (('config.json', starts), ('metrics.jsonl', ends)):
+    for name, bucket in ((rundir.CONFIG_FILE, starts), (rundir.METRICS_FILE, ends)):
       path = os.path.join(r.path, name)
       if os.path.exists(path):
         bucket.append(os.path.getmtime(path))

@@ -10,13 +10,15 @@ with `exit_codes.DIVERGED` (its loss became non-finite: a result, "this setting 
 failure), the runner writes ROOT/<sweep>/<run>/runner_done.json (holding its command and
 result); a run with that marker is finished and is skipped next time. Any other run is
 (re)started: fisher_jax resumes it from its latest checkpoint. A run whose workdir another
-process holds (its lock, see `fisher_jax.workdir`) is never started while it is held: the
+process holds (its lock, see `fisher_jax.rundir.lock`) is never started while it is held: the
 runner waits for it. A failed run is reported and does not stop the others (the runs that wait
 for it, or for a diverged run, are not started); the exit status is 1 if any run failed or was
 blocked. On SIGINT/SIGTERM the runner stops its running runs (they resume when it is started
 again) and exits with status 130. On Linux the runs die with the runner however it ends
 (SIGKILL included): each is started with a parent-death signal (prctl PR_SET_PDEATHSIG).
 
+`--executor slurm` (or `submitit_local`) submits every run as a submitit job instead of running
+it here, with the same skip, resume and diverged semantics (`experiments.executors`).
 `--dry_run` prints one shell command per run instead (to be run from the repository root, e.g.
 by a cluster scheduler), runs that must wait for others after them, under '# stage k' lines.
 """
@@ -35,8 +37,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from experiments import sweeps
-from fisher_jax import exit_codes
-from fisher_jax import workdir as workdir_lib
+from fisher_jax import rundir
+from fisher_jax.training import exit_codes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE_FILE = 'runner_done.json'
@@ -213,7 +215,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executa
           log(f'blocked {job.key}: waits for a run that failed, diverged or is not in this '
               'sweep')
         elif len(running) < workers and all(d in (DONE, SKIPPED) for d in deps):
-          holder = workdir_lib.holder(job.workdir)
+          holder = rundir.holder(job.workdir)
           if holder:  # Another process runs it: never a second one into the same workdir.
             if waiting.get(job.key) != holder:
               log(f'wait    {job.key}: its workdir is in use by {holder}')
@@ -290,15 +292,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--workers', type=int, default=1, help='runs at a time (processes)')
   parser.add_argument('--dry_run', action='store_true',
                       help='print one command per run instead of running them')
+  from experiments import executors  # pylint: disable=g-import-not-at-top
+  executors.add_flags(parser)  # --executor local|slurm|submitit_local, --slurm_*
   args = parser.parse_args(argv)
   try:
     jobs = make_jobs(args.names, args.scale, os.path.abspath(args.root))
     stages(jobs)
+    cluster = executors.cluster_settings(args)
   except ValueError as error:
     parser.error(str(error))
   if args.dry_run:
     _print_dry_run(jobs)
     return 0
+  if args.executor != 'local':
+    return executors.execute(jobs, os.path.abspath(args.root), args.executor, cluster,
+                             workers=args.workers)
   return execute(jobs, args.workers, os.path.abspath(args.root))
 
 

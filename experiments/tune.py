@@ -11,7 +11,7 @@ in several processes or on several machines: they share the study's trials, whic
 ROOT/trial_NNNN/ (an ordinary run directory: config.json, metrics.jsonl, checkpoints/). Each
 process runs trials until the study holds `--trials` trials that did not fail.
 
-A trial is `fisher_jax.train.train_and_evaluate` of CONFIG (with the `--config.*` overrides
+A trial is `fisher_jax.training.loop.train_and_evaluate` of CONFIG (with the `--config.*` overrides
 given here) and the overrides of the search space `--space` (configs/spaces.py). After every
 epoch `report_epochs` stores its per-epoch curves (Tr(F), training and validation accuracy) as
 the trial's user attribute `metrics` (what `FisherExplosionPruner` reads) and reports its
@@ -376,7 +376,7 @@ class Worker:
     grace_period, max_retry: see the flags.
     log: where one line per finished trial goes.
     train_fn: `(config, workdir, on_epoch=...) -> metrics` that runs a trial (None:
-      `fisher_jax.train.train_and_evaluate`); it calls `on_epoch(epoch)` after each epoch's
+      `fisher_jax.training.loop.train_and_evaluate`); it calls `on_epoch(epoch)` after each epoch's
       records are in WORKDIR/metrics.jsonl and stops when it returns True (tests give one that
       writes prepared curves).
   """
@@ -407,12 +407,12 @@ class Worker:
 
   def objective(self, trial) -> float:
     import optuna  # pylint: disable=g-import-not-at-top
-    from fisher_jax import guard  # pylint: disable=g-import-not-at-top
-    from fisher_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    from fisher_jax import rundir  # pylint: disable=g-import-not-at-top
+    from fisher_jax.training import guard  # pylint: disable=g-import-not-at-top
     train_fn = self._train_fn
     if train_fn is None:
-      from fisher_jax import train  # pylint: disable=g-import-not-at-top
-      train_fn = train.train_and_evaluate
+      from fisher_jax.training import loop  # pylint: disable=g-import-not-at-top
+      train_fn = loop.train_and_evaluate
     study = trial.study
     ahead = [t for t in study.get_trials(deepcopy=False)
              if t.number < trial.number and t.state.name in _COUNTED]
@@ -436,7 +436,7 @@ class Worker:
       train_fn(config, workdir, on_epoch=reporter)
     except guard.DivergedError as error:  # A result: this setting diverges.
       diverged = error
-    except (ValueError, workdir_lib.WorkdirBusyError) as error:
+    except (ValueError, rundir.WorkdirBusyError) as error:
       raise TrialError(f'trial {trial.number} ({workdir}): {error}') from error
     frame = reporter.report()
     last = float(frame['epoch'].max()) if len(frame) else 0.0

@@ -1,7 +1,7 @@
 """The optional parts of fisher_jax and the one sentence a missing one ends with.
 
 `pip install fisher_jax` installs the library (jax, flax, optax, numpy: `curvature`,
-`regularizers`, `optim`, `models`, `losses`). Training, analysis and tuning need an extra
+`regularizers`, `models`, `losses`). Training, analysis and tuning need an extra
 (pyproject.toml lists their packages); a module that needs one calls `require` before importing
 them:
 

@@ -8,7 +8,7 @@ detected, other clusters add --coordinator_address, --num_processes and --proces
 FISHER_JAX_* environment variables); see docs/multihost.md.
 
 A bad config or workdir ends with one sentence naming the field and a non-zero exit; the exit
-statuses (diverged, workdir in use) are listed in `fisher_jax.exit_codes`.
+statuses (diverged, workdir in use) are listed in `fisher_jax.training.exit_codes`.
 """
 
 import os
@@ -26,28 +26,28 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from fisher_jax import config_files
-from fisher_jax import exit_codes
-from fisher_jax import guard
-from fisher_jax import parallel
-from fisher_jax import quiet
-from fisher_jax import workdir as workdir_lib
+from fisher_jax import rundir
+from fisher_jax.training import config_files
+from fisher_jax.training import exit_codes
+from fisher_jax.training import guard
+from fisher_jax.training import multihost
+from fisher_jax.training import quiet
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where config.json, metrics, events and checkpoints go.')
 flags.mark_flags_as_required(['config', 'workdir'])
-flags.DEFINE_enum('distributed', 'auto', parallel.DISTRIBUTED_MODES,
+flags.DEFINE_enum('distributed', 'auto', multihost.DISTRIBUTED_MODES,
                   'Multi-process start-up: auto (the settings below if given, else a detected '
                   'TPU pod / SLURM / Open MPI launch, else one process), on (always ask JAX to '
                   'detect the cluster), off (one process).')
 flags.DEFINE_string('coordinator_address', None,
                     f'host:port of process 0, reachable by every process (or '
-                    f'${parallel.ENV_COORDINATOR_ADDRESS}).')
+                    f'${multihost.ENV_COORDINATOR_ADDRESS}).')
 flags.DEFINE_integer('num_processes', None,
-                     f'Processes the run spans (or ${parallel.ENV_NUM_PROCESSES}).')
+                     f'Processes the run spans (or ${multihost.ENV_NUM_PROCESSES}).')
 flags.DEFINE_integer('process_id', None,
-                     f'This process, in [0, num_processes) (or ${parallel.ENV_PROCESS_ID}).')
+                     f'This process, in [0, num_processes) (or ${multihost.ENV_PROCESS_ID}).')
 flags.DEFINE_integer('distributed_timeout', 300,
                      'Seconds to wait for every process to connect before failing.')
 flags.DEFINE_bool('verbose', False,
@@ -121,7 +121,7 @@ def main(argv):
   quiet.quiet_libraries(FLAGS.verbose)
   try:
     # Before any other JAX call: afterwards jax.devices() spans every process.
-    distributed = parallel.initialize_distributed(
+    distributed = multihost.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
         mode=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout)
   except ValueError as error:
@@ -132,7 +132,7 @@ def main(argv):
           flush=True)
   # Imported only now, so that nothing they do on import can start JAX before the above (and a
   # process that cannot join fails fast, without loading TensorFlow).
-  with workdir_lib.WorkdirLock(FLAGS.workdir) as lock:
+  with rundir.WorkdirLock(FLAGS.workdir) as lock:
     if not distributed:
       _lock_early(lock)
     if jax.process_index() == 0:
@@ -140,14 +140,14 @@ def main(argv):
             'building the model; then compiling)', flush=True)
     with quiet.native_stderr_closed(not FLAGS.verbose):
       from fisher_jax import data  # pylint: disable=g-import-not-at-top
-      from fisher_jax import train  # pylint: disable=g-import-not-at-top
+      from fisher_jax.training import loop  # pylint: disable=g-import-not-at-top
     try:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, data.DatasetNotPreparedError) as error:
       sys.exit(f'fisher_jax: {error}')
     except guard.DivergedError as error:
       _exit(error, exit_codes.DIVERGED)
-    except workdir_lib.WorkdirBusyError as error:
+    except rundir.WorkdirBusyError as error:
       _exit(error, exit_codes.WORKDIR_BUSY)
 
 
@@ -156,7 +156,7 @@ def _exit(error: Exception, status: int):
   sys.exit(status)
 
 
-def _lock_early(lock: workdir_lib.WorkdirLock):
+def _lock_early(lock: rundir.WorkdirLock):
   """Takes an existing workdir's lock before the slow imports, so that a second process on it
   stops within seconds (one process only; a multi-process run decides in train_and_evaluate).
 
@@ -168,7 +168,7 @@ def _lock_early(lock: workdir_lib.WorkdirLock):
       lock.acquire()
     except ValueError as error:
       sys.exit(f'fisher_jax: {error}')
-    except workdir_lib.WorkdirBusyError as error:
+    except rundir.WorkdirBusyError as error:
       _exit(error, exit_codes.WORKDIR_BUSY)
 
 

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str = 'default', arg: str = None):
   """`get_config(arg)` of configs/<name>.py, as `--config configs/<name>.py[:arg]` loads it."""
-  from fisher_jax import config_files  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import config_files  # pylint: disable=g-import-not-at-top
   path = os.path.join(REPO, 'configs', f'{name}.py')
   return config_files.load_config(path + (f':{arg}' if arg else ''))
 

@@ -11,9 +11,8 @@ from scipy import stats as scipy_stats
 
 from cases import epoch_records
 from cases import write_run
+from experiments import plots
 from fisher_jax import analysis
-from fisher_jax.analysis import claims
-from fisher_jax.analysis import plots
 
 
 def test_read_metrics_merges_a_relogged_step_and_skips_a_torn_line(tmp_path):

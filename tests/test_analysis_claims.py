@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from experiments import claims
+from experiments import plots
 from fisher_jax import analysis
-from fisher_jax.analysis import claims
-from fisher_jax.analysis import plots
 from fisher_jax.analysis import stats
 from cases import epoch_records
 from cases import write_run

@@ -17,8 +17,8 @@ from configs import confirmatory as protocol
 from experiments import confirmatory
 from experiments import report
 from fisher_jax import analysis
-from fisher_jax import guard
 from fisher_jax.analysis import stats
+from fisher_jax.training import guard
 
 SEEDS = protocol.SEEDS[:3]
 STEPS = 10  # steps per epoch of the synthetic runs

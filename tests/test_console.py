@@ -13,8 +13,8 @@ import termios
 import time
 
 from conftest import REPO
-from fisher_jax import console
-from fisher_jax import writers
+from fisher_jax.training import console
+from fisher_jax.training import writers
 
 # Lines TensorFlow, TFDS, XLA/JAX, orbax and clu print at INFO (seen before issue 16).
 CHATTER = re.compile(r'absl::InitializeLog|oneDNN|Unable to initialize backend|tf\.data\.Dataset|'

@@ -7,10 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fisher_jax import settings
-from fisher_jax import train
-from fisher_jax import writers
 from fisher_jax.analysis import spectrum
+from fisher_jax.training import loop
+from fisher_jax.training import settings
+from fisher_jax.training import writers
 
 
 def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tmp_path):
@@ -29,7 +29,7 @@ def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tm
   config.measure.eigen_every_epochs = 1
   config.measure.eigen_k = 3
   config.measure.eigen_iterations = 20
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   last = [r for r in writers.read_metrics(str(tmp_path)) if 'curvature/fisher_trace' in r][-1]
   leaves = {k: v for k, v in last.items() if k.startswith('curvature/fisher_trace/')}
   assert len(leaves) == 6 and 'curvature/fisher_trace/Dense_0/kernel' in leaves, sorted(leaves)

@@ -20,9 +20,9 @@ from experiments import run as runner
 from experiments import sweeps
 from fisher_jax import data
 from fisher_jax import models
-from fisher_jax import optim
 from fisher_jax import regularizers
-from fisher_jax import settings
+from fisher_jax.training import optim
+from fisher_jax.training import settings
 
 
 def _parse(job: runner.Job):
@@ -98,7 +98,7 @@ def test_sweeps_vary_what_their_experiment_is_about():
 
 
 def test_a_bad_config_argument_names_the_allowed_values():
-  from fisher_jax import config_files
+  from fisher_jax.training import config_files
   with pytest.raises(ValueError, match='tuned_lr'):
     config_files.load_config(os.path.join(REPO, 'configs/fisher_explosion.py:cpu,huge_lr'))
   with pytest.raises(ValueError, match='wrn_cifar100'):
@@ -107,8 +107,8 @@ def test_a_bad_config_argument_names_the_allowed_values():
 
 def test_configs_import_each_other_as_a_package_from_any_directory(tmp_path):
   """`from configs import recipes` in a config file works wherever the run starts."""
-  code = ('from fisher_jax import config_files; '
-          f'c = config_files.load_config({os.path.join(REPO, "configs/regularizers.py:cpu,fp")!r});'
+  code = ('from fisher_jax import training; '
+          f'c = training.load_config({os.path.join(REPO, "configs/regularizers.py:cpu,fp")!r});'
           ' print(c.regularizer.name, c.optimizer.learning_rate)')
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True,

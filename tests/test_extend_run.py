@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
-from fisher_jax import checkpoint
-from fisher_jax import train
-from fisher_jax import writers
+from fisher_jax.training import checkpoint
+from fisher_jax.training import loop
+from fisher_jax.training import writers
 
 # Small and quick: the zoo's MLP, 4 steps per epoch; only the latest checkpoint and the best.
 FIELDS = {'model.name': 'mlp', 'dataset.train_subset': 512, 'measure.num_examples': 64,
@@ -34,7 +34,7 @@ def _by_step(workdir):
 
 def test_a_finished_run_continues_to_more_epochs_like_an_uninterrupted_run(tmp_path):
   extended, straight = tmp_path / 'extended', tmp_path / 'straight'
-  train.train_and_evaluate(_config(3), str(extended))
+  loop.train_and_evaluate(_config(3), str(extended))
   cmd = [sys.executable, '-m', 'fisher_jax.main', '--config', 'configs/default.py',
          '--workdir', str(extended), '--config.num_epochs=5',
          *(f'--config.{k}={v}' for k, v in FIELDS.items())]
@@ -45,7 +45,7 @@ def test_a_finished_run_continues_to_more_epochs_like_an_uninterrupted_run(tmp_p
   assert 'epoch 3/5' not in result.stdout  # Nothing before the checkpoint is run again.
   assert json.load(open(extended / 'config.json'))['num_epochs'] == 5
 
-  train.train_and_evaluate(_config(5), str(straight))
+  loop.train_and_evaluate(_config(5), str(straight))
   got, expected = _by_step(extended), _by_step(straight)
   assert sorted(got) == sorted(expected) == [0, 4, 8, 12, 16, 20]
   for step, record in expected.items():
@@ -66,7 +66,7 @@ def test_a_finished_run_continues_to_more_epochs_like_an_uninterrupted_run(tmp_p
   before = files()
   with pytest.raises(ValueError, match=r'num_epochs=4 is below the 5 epochs .*'
                                        r'--config\.num_epochs=5 or more'):
-    train.train_and_evaluate(_config(4), str(extended))
+    loop.train_and_evaluate(_config(4), str(extended))
   assert files() == before
 
 
@@ -75,5 +75,5 @@ def test_num_epochs_of_a_cosine_schedule_cannot_change(tmp_path):
   tmp_path.joinpath('config.json').write_text(config.to_json())  # A run's workdir.
   config.num_epochs = 5
   with pytest.raises(ValueError, match=r"num_epochs=5 differs from the 3 .*schedule='cosine'"):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert os.listdir(tmp_path) == ['config.json']

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from fisher_jax import fit_stop
-from fisher_jax import metrics_file
-from fisher_jax import settings
-from fisher_jax import train
+from fisher_jax import rundir
+from fisher_jax.training import fit_stop
+from fisher_jax.training import loop
+from fisher_jax.training import settings
 
 TARGET, EXTRA, CAP = 0.9, 2, 40
 
@@ -34,7 +34,7 @@ def _config(**fields):
 
 
 def _records(workdir):
-  return metrics_file.read_records(str(workdir))
+  return rundir.read_records(str(workdir))
 
 
 def _at_epoch_ends(records, metric):
@@ -44,7 +44,7 @@ def _at_epoch_ends(records, metric):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
-  final = train.train_and_evaluate(_config(), str(workdir))
+  final = loop.train_and_evaluate(_config(), str(workdir))
   return workdir, final
 
 
@@ -72,7 +72,7 @@ def test_a_run_stops_at_the_fit_target_after_its_extra_epochs(reference):
 
 def test_a_run_at_its_budget_cap_is_unconverged_and_ends_there(tmp_path):
   records_dir = tmp_path / 'capped'
-  train.train_and_evaluate(_config(num_epochs=3, **{'stop.train_accuracy': 1.0}),
+  loop.train_and_evaluate(_config(num_epochs=3, **{'stop.train_accuracy': 1.0}),
                            str(records_dir))
   records = _records(records_dir)
   assert fit_stop.convergence_epoch(records, 1.0) is None
@@ -94,9 +94,9 @@ def test_interrupted_before_and_after_the_target_a_run_ends_like_an_uninterrupte
   before = converged - 1 if (converged - 1) % 2 else converged - 2  # no checkpoint there
   workdir = str(tmp_path / 'interrupted')
   for stop in (max(before, 1), converged + 1):
-    train.train_and_evaluate(_config(), workdir, on_epoch=_interrupted_at(stop))
+    loop.train_and_evaluate(_config(), workdir, on_epoch=_interrupted_at(stop))
     assert max(r['epoch'] for r in _records(workdir)) == stop
-  final = train.train_and_evaluate(_config(), workdir)
+  final = loop.train_and_evaluate(_config(), workdir)
   got = {r['step']: r for r in _records(workdir)}
   assert sorted(got) == sorted(expected)  # every logged step once, none after E + extra
   for step, record in expected.items():
@@ -105,7 +105,7 @@ def test_interrupted_before_and_after_the_target_a_run_ends_like_an_uninterrupte
       np.testing.assert_allclose(got[step][name], value, rtol=1e-6, err_msg=f'{name} @ {step}')
   assert final == pytest.approx(ref_final, rel=1e-6)
   # Started again once finished, it trains nothing and returns its final metrics.
-  again = train.train_and_evaluate(_config(), workdir)
+  again = loop.train_and_evaluate(_config(), workdir)
   assert sorted(r['step'] for r in _records(workdir)) == sorted(expected)
   for name in ('test/accuracy', fit_stop.TRAIN_FULL_ACCURACY):
     assert again[name] == pytest.approx(ref_final[name], rel=1e-6)

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
-from fisher_jax import checkpoint
 from fisher_jax import data
-from fisher_jax import parallel
-from fisher_jax import train
-from fisher_jax import writers
+from fisher_jax.training import checkpoint
+from fisher_jax.training import loop
+from fisher_jax.training import multihost
+from fisher_jax.training import writers
 
 EPOCHS = 3
 FIELDS = {'num_epochs': EPOCHS, 'dataset.train_subset': 256, 'measure.num_examples': 64}
@@ -113,7 +113,7 @@ def runs(tmp_path_factory):
     setattr(config.get(section) if section else config, field, value)
   assert jax.process_count() == 1 and jax.device_count() == 8
   try:
-    train.train_and_evaluate(config, str(root / 'one'))
+    loop.train_and_evaluate(config, str(root / 'one'))
   finally:
     codes = two.wait()
   assert codes == [0, 0], two.log(0)[-3000:] + two.log(1)[-3000:]
@@ -219,30 +219,30 @@ def test_failure_to_connect_ends_with_one_sentence_within_the_timeout(tmp_path):
     (dict(coordinator_address='h:1', num_processes=2, process_id=2), {}, r'--process_id=2'),
     (dict(coordinator_address='h:1', num_processes=0, process_id=0), {}, r'--num_processes=0'),
     (dict(coordinator_address='h', num_processes=2, process_id=1), {}, 'needs a port'),
-    ({}, {parallel.ENV_NUM_PROCESSES: 'two'}, parallel.ENV_NUM_PROCESSES),
+    ({}, {multihost.ENV_NUM_PROCESSES: 'two'}, multihost.ENV_NUM_PROCESSES),
     (dict(num_processes=2, process_id=1, mode='off'), {}, '--distributed=off'),
     (dict(mode='sometimes'), {}, '--distributed'),
 ])
 def test_bad_settings_are_value_errors_naming_the_flag(kwargs, environ, match):
   with pytest.raises(ValueError, match=match):
-    parallel.initialize_distributed(**kwargs, environ=environ)
+    multihost.initialize_distributed(**kwargs, environ=environ)
 
 
 def test_single_process_needs_nothing():
-  assert not parallel.initialize_distributed(environ={})
-  assert not parallel.initialize_distributed(num_processes=1, environ={})
-  assert not parallel.initialize_distributed(
-      environ={parallel.ENV_NUM_PROCESSES: '1', parallel.ENV_PROCESS_ID: '0'})
-  assert not parallel.initialize_distributed(mode='off', environ={})
+  assert not multihost.initialize_distributed(environ={})
+  assert not multihost.initialize_distributed(num_processes=1, environ={})
+  assert not multihost.initialize_distributed(
+      environ={multihost.ENV_NUM_PROCESSES: '1', multihost.ENV_PROCESS_ID: '0'})
+  assert not multihost.initialize_distributed(mode='off', environ={})
   assert not jax.distributed.is_initialized()
 
 
 def test_detect_cluster_only_for_launches_of_several_processes():
   slurm = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]', 'SLURM_NTASKS': '16',
            'SLURM_PROCID': '3', 'SLURM_LOCALID': '3'}
-  assert parallel.detect_cluster(slurm) == 'slurm'
-  assert parallel.detect_cluster({**slurm, 'SLURM_NTASKS': '1'}) is None  # sbatch of 1 task
-  assert parallel.detect_cluster({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '16'}) is None  # no srun
-  assert parallel.detect_cluster({'OMPI_MCA_orte_hnp_uri': 'x', 'OMPI_COMM_WORLD_SIZE': '4'}) \
+  assert multihost.detect_cluster(slurm) == 'slurm'
+  assert multihost.detect_cluster({**slurm, 'SLURM_NTASKS': '1'}) is None  # sbatch of 1 task
+  assert multihost.detect_cluster({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '16'}) is None  # no srun
+  assert multihost.detect_cluster({'OMPI_MCA_orte_hnp_uri': 'x', 'OMPI_COMM_WORLD_SIZE': '4'}) \
       == 'openmpi'
-  assert parallel.detect_cluster({}) is None  # This machine: no TPU.
+  assert multihost.detect_cluster({}) is None  # This machine: no TPU.

@@ -11,9 +11,9 @@ import optax
 import pytest
 
 import cases
-from fisher_jax import optim
 from fisher_jax import regularizers
-from fisher_jax import settings
+from fisher_jax.training import optim
+from fisher_jax.training import settings
 
 
 def _quadratic_penalty(params):
@@ -53,8 +53,8 @@ def _run(tx, num_steps, penalty_fn=_quadratic_penalty, host_decides=None):
 @pytest.mark.parametrize('host', [False, True], ids=['device_decides', 'host_decides'])
 def test_penalty_is_zero_before_start_then_recomputed_every_k_and_reused_between(host):
   start, every_k, strength = 3, 4, 0.5
-  due_fn = functools.partial(optim.recompute_due, every_k=every_k, start_step=start)
-  history, calls = _run(optim.add_penalty_gradient(strength, every_k=every_k,
+  due_fn = functools.partial(regularizers.recompute_due, every_k=every_k, start_step=start)
+  history, calls = _run(regularizers.add_penalty_gradient(strength, every_k=every_k,
                                                    start_step=start), num_steps=13,
                         host_decides=(lambda t: bool(due_fn(t))) if host else None)
   cached = None
@@ -69,7 +69,7 @@ def test_penalty_is_zero_before_start_then_recomputed_every_k_and_reused_between
 
 
 def test_a_host_decision_against_the_schedule_poisons_the_update():
-  tx = optim.add_penalty_gradient(0.5, every_k=2)
+  tx = regularizers.add_penalty_gradient(0.5, every_k=2)
   history, _ = _run(tx, num_steps=3, host_decides=lambda t: t == 1)  # Due at 0 and 2, not 1.
   assert all(np.all(np.isnan(updates)) for (_, _, updates, _) in history)
   params = jnp.ones(3)
@@ -83,21 +83,22 @@ def test_a_host_decision_against_the_schedule_poisons_the_update():
 
 
 def test_state_caches_the_value_for_logging_and_penalty_due_reads_the_flag():
-  tx = optax.chain(optim.add_penalty_gradient(1.0, every_k=2, start_step=1), optax.sgd(0.1))
+  tx = optax.chain(regularizers.add_penalty_gradient(1.0, every_k=2, start_step=1), optax.sgd(0.1))
   history, _ = _run(tx, num_steps=4)
-  values = [float(optim.latest_penalty(s)) for (_, _, _, s) in history]
-  due = [bool(optim.penalty_due(s)) for (_, _, _, s) in history]
+  values = [float(regularizers.latest_penalty(s)) for (_, _, _, s) in history]
+  due = [bool(regularizers.penalty_due(s)) for (_, _, _, s) in history]
   assert due == [False, True, False, True]
   params_1 = history[1][0]
   expected_1 = float(np.sum(params_1 ** 3) / 3 + np.sum(params_1))
   np.testing.assert_allclose(values, [0.0, 0.0, expected_1, expected_1], rtol=1e-6)
-  assert float(optim.latest_penalty(optax.sgd(0.1).init(jnp.zeros(3)))) == 0.0
-  assert not bool(optim.penalty_due(optax.sgd(0.1).init(jnp.zeros(3))))
+  assert float(regularizers.latest_penalty(optax.sgd(0.1).init(jnp.zeros(3)))) == 0.0
+  assert not bool(regularizers.penalty_due(optax.sgd(0.1).init(jnp.zeros(3))))
 
 
 def test_strength_may_be_a_schedule():
   schedule = optax.linear_schedule(0.0, 2.0, transition_steps=8)
-  history, _ = _run(optim.add_penalty_gradient(schedule, every_k=3, start_step=2), num_steps=9)
+  history, _ = _run(regularizers.add_penalty_gradient(schedule, every_k=3, start_step=2),
+                    num_steps=9)
   cached = None
   for t, (params, grads, updates, _) in enumerate(history):
     if t >= 2 and (t - 2) % 3 == 0:
@@ -108,7 +109,7 @@ def test_strength_may_be_a_schedule():
 
 def test_chains_with_an_optax_optimizer_like_sgd_on_the_penalized_gradient():
   """chain(penalty, sgd with momentum) == sgd with momentum on grad + strength * grad P."""
-  tx = optax.chain(optim.add_penalty_gradient(0.3), optax.sgd(0.05, momentum=0.9))
+  tx = optax.chain(regularizers.add_penalty_gradient(0.3), optax.sgd(0.05, momentum=0.9))
   history, _ = _run(tx, num_steps=4)
   reference = optax.sgd(0.05, momentum=0.9)
   ref_state = reference.init(history[0][0])
@@ -118,7 +119,7 @@ def test_chains_with_an_optax_optimizer_like_sgd_on_the_penalized_gradient():
 
 
 def test_missing_extra_argument_or_params_is_an_explicit_error():
-  tx = optax.chain(optim.add_penalty_gradient(0.1), optax.sgd(0.1))
+  tx = optax.chain(regularizers.add_penalty_gradient(0.1), optax.sgd(0.1))
   params = jnp.ones(3)
   state = tx.init(params)
   with pytest.raises(ValueError, match='penalty_fn'):
@@ -135,7 +136,7 @@ def test_missing_extra_argument_or_params_is_an_explicit_error():
 def test_invalid_transformation_arguments(kwargs, match):
   strength = kwargs.pop('strength')
   with pytest.raises(ValueError, match=match):
-    optim.add_penalty_gradient(strength, **kwargs)
+    regularizers.add_penalty_gradient(strength, **kwargs)
 
 
 def _config(**overrides):
@@ -266,7 +267,7 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
   labels = jnp.asarray(np_rng.integers(0, 3, size=16), jnp.int32)
   params = {'w1': jnp.asarray(np_rng.normal(size=(4, 5))), 'b1': jnp.zeros(5),
             'w2': jnp.asarray(np_rng.normal(size=(5, 3)))}
-  tx = optax.chain(optim.add_penalty_gradient(0.5, every_k=2), optax.sgd(0.1, momentum=0.9))
+  tx = optax.chain(regularizers.add_penalty_gradient(0.5, every_k=2), optax.sgd(0.1, momentum=0.9))
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
 
   def loss_and_grads(params, inputs, labels, axis_name):
@@ -297,7 +298,7 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
             'none', cases.mlp_logits, p, inputs, labels, axis_name=axis_name)[:2]
         return (loss, grads), (jnp.zeros([], loss.dtype), jax.tree.map(jnp.zeros_like, p))
 
-      (loss, grads), penalty = jax.lax.cond(optim.penalty_due(opt_state), with_penalty,
+      (loss, grads), penalty = jax.lax.cond(regularizers.penalty_due(opt_state), with_penalty,
                                             without_penalty, params)
       penalty_fn = lambda _: penalty  # noqa: E731
     else:
@@ -311,7 +312,7 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
     p, s, out = params, tx.init(params), []
     step_fns = {flag: make_step_fn(flag) for flag in ((True, False) if host_decides else (None,))}
     for t in range(3):
-      flag = bool(optim.recompute_due(t, every_k=2, start_step=0)) if host_decides else None
+      flag = bool(regularizers.recompute_due(t, every_k=2, start_step=0)) if host_decides else None
       p, s, loss = step_fns[flag](p, s, inputs, labels, jax.random.key(t))
       out.append((p, s, loss))
     return out
@@ -324,4 +325,4 @@ def test_training_step_on_eight_devices_equals_one_device(x64):
         host_decides=host)
     for (a, b) in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
-  assert float(optim.latest_penalty(single[-1][1])) > 0
+  assert float(regularizers.latest_penalty(single[-1][1])) > 0

@@ -6,31 +6,31 @@ import numpy as np
 import pytest
 
 from fisher_jax import models
-from fisher_jax import optim
-from fisher_jax import parallel
-from fisher_jax import settings
-from fisher_jax import state as state_lib
-from fisher_jax import steps
+from fisher_jax.training import mesh as mesh_lib
+from fisher_jax.training import optim
+from fisher_jax.training import settings
+from fisher_jax.training import state as state_lib
+from fisher_jax.training import steps
 
 
 def _run_steps(config, mesh, batches, model, host_decides=False):
   """Runs the train step on `batches`; the penalty's recompute steps are decided on the device
-  (lax.cond) or, as train.py does, on the host (two compiled steps)."""
+  (lax.cond) or, as the training loop does, on the host (two compiled steps)."""
   run = settings.read(config)
   tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=10,
                             num_epochs=run.num_epochs)
   create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
-                   out_shardings=parallel.replicated(mesh))
+                   out_shardings=mesh_lib.replicated(mesh))
   state = create(jax.random.PRNGKey(0))
   flags = (True, False) if host_decides else (None,)
-  step_fns = {flag: parallel.data_parallel(
+  step_fns = {flag: mesh_lib.data_parallel(
       steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag), mesh,
       batch_args=(1,), num_args=2, donate_argnums=(0,)) for flag in flags}
   recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch=10)
   losses, penalties = [], []
   for t, batch in enumerate(batches):
     flag = recompute_due(t) if host_decides else None
-    state, metrics = step_fns[flag](state, parallel.shard_batch(batch, mesh))
+    state, metrics = step_fns[flag](state, mesh_lib.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
     penalties.append(float(metrics.get('penalty', 0.0)))
   return losses, penalties, jax.device_get(state)
@@ -51,8 +51,9 @@ def _batches(num, batch_size=32, seed=0):
 ])
 def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regularizer,
                                         reference_devices):
-  """8 devices with the host deciding the recompute steps (as train.py) equal 1 device with the
-  device deciding them (lax.cond): every_k=2 from the second step (start_epoch 0.1 = 1 step)."""
+  """8 devices with the host deciding the recompute steps (as the training loop) equal 1 device
+  with the device deciding them (lax.cond): every_k=2 from the second step (start_epoch 0.1 = 1
+  step)."""
   assert jax.device_count() == 8
   default_config.regularizer.name = regularizer
   default_config.regularizer.strength = 0.1
@@ -61,8 +62,8 @@ def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regu
   model = models.get_model(model_name, 10, **kwargs)
   batches = _batches(4)
   losses_1, penalties_1, state_1 = _run_steps(
-      default_config, parallel.make_mesh(jax.devices()[:reference_devices]), batches, model)
-  losses_8, penalties_8, state_8 = _run_steps(default_config, parallel.make_mesh(), batches,
+      default_config, mesh_lib.make_mesh(jax.devices()[:reference_devices]), batches, model)
+  losses_8, penalties_8, state_8 = _run_steps(default_config, mesh_lib.make_mesh(), batches,
                                               model, host_decides=True)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(penalties_8, penalties_1, rtol=1e-5, atol=1e-6)
@@ -75,18 +76,18 @@ def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regu
 
 
 def test_eval_step_counts_padded_examples_once():
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   model = models.get_model('simple_cnn', 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))['params']
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                                opt_state=(), rng=jax.random.PRNGKey(1))
-  eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
+  eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
   (batch,) = _batches(1, batch_size=16)
   real = 11
   batch['mask'] = (np.arange(16) < real).astype(np.float32)
   batch['image'][real:] = 1e3  # Padding content must not matter.
-  sums = jax.device_get(eval_step(state, parallel.shard_batch(batch, mesh)))
+  sums = jax.device_get(eval_step(state, mesh_lib.shard_batch(batch, mesh)))
   logits = model.apply({'params': params}, batch['image'][:real])
   expected_correct = np.sum(np.argmax(logits, -1) == batch['label'][:real])
   assert sums['count'] == real
@@ -97,4 +98,4 @@ def test_eval_step_counts_padded_examples_once():
 
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match='batch_size=100'):
-    parallel.check_divisible(100, parallel.make_mesh())
+    mesh_lib.check_divisible(100, mesh_lib.make_mesh())

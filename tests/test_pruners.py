@@ -15,9 +15,9 @@ import pytest
 
 from benchmarks import pruning
 from experiments import tune
-from fisher_jax import guard
-from fisher_jax import metrics_file
 from fisher_jax import pruners
+from fisher_jax import rundir
+from fisher_jax.training import guard
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -268,9 +268,9 @@ def _stand_in_trainer(config, workdir, on_epoch):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json())
-  with open(os.path.join(workdir, metrics_file.METRICS_FILE), 'w') as f:
+  with open(os.path.join(workdir, rundir.METRICS_FILE), 'w') as f:
     for row in rows:
-      f.write(metrics_file.format_record(row['step'], row['epoch'], {
+      f.write(rundir.format_record(row['step'], row['epoch'], {
           k: v for k, v in row.items() if k not in ('step', 'epoch')}))
       f.flush()
       if row['epoch'] >= 1 and on_epoch(int(row['epoch'])):

@@ -193,7 +193,7 @@ def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devi
 def test_fp_exact_is_a_deprecated_alias_of_fp_per_example_that_warns_once(x64):
   logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
   rng = jax.random.key(1)
-  regularizers._warned.clear()  # pylint: disable=protected-access
+  regularizers.penalties._warned.clear()  # pylint: disable=protected-access
   with pytest.warns(FutureWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):
     old = regularizers.penalty('fp_exact', logits_fn, params, inputs, labels, rng=rng)
   with warnings.catch_warnings():
@@ -207,8 +207,8 @@ def test_fisher_penalty_keeps_the_early_fisher_trace_low_on_digits(default_confi
   """Small learning rate (0.003; the default is 0.03), 5 epochs of digits, seeded: the largest
   Tr(F) measured (step 0 and every epoch end) with fp is at most half of that without a
   penalty, and the logged penalty is the mini-batch Fisher trace the step computed."""
-  from fisher_jax import train  # pylint: disable=g-import-not-at-top
-  from fisher_jax import writers  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import writers  # pylint: disable=g-import-not-at-top
   peaks, records = {}, {}
   for name, strength in (('none', 0.0), ('fp', 0.1)):
     config = default_config.copy_and_resolve_references()
@@ -219,7 +219,7 @@ def test_fisher_penalty_keeps_the_early_fisher_trace_low_on_digits(default_confi
     config.checkpoint_every_epochs = 0
     config.regularizer.name = name
     config.regularizer.strength = strength
-    train.train_and_evaluate(config, str(tmp_path / name))
+    loop.train_and_evaluate(config, str(tmp_path / name))
     records[name] = writers.read_metrics(str(tmp_path / name))
     peaks[name] = max(r['curvature/fisher_trace'] for r in records[name]
                       if 'curvature/fisher_trace' in r)

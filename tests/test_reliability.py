@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from fisher_jax import checkpoint
-from fisher_jax import exit_codes
-from fisher_jax import guard
-from fisher_jax import metrics_file
-from fisher_jax import workdir as workdir_lib
 from fisher_jax import analysis
+from fisher_jax import rundir
+from fisher_jax.training import checkpoint
+from fisher_jax.training import exit_codes
+from fisher_jax.training import guard
 
 FIELDS = {'num_epochs': 3, 'dataset.train_subset': 256, 'measure.num_examples': 64,
           'log_every_steps': 1}
@@ -72,13 +71,13 @@ def reference(tmp_path_factory, env):
 
 
 def _steps(workdir):
-  return [r['step'] for r in metrics_file.read_records(str(workdir))]
+  return [r['step'] for r in rundir.read_records(str(workdir))]
 
 
 def _assert_ends_like(workdir, reference):
   """Every logged step exactly once, and the final metrics of the uninterrupted run."""
   assert _steps(workdir) == _steps(reference)
-  got, expected = (metrics_file.read_records(str(w))[-1] for w in (workdir, reference))
+  got, expected = (rundir.read_records(str(w))[-1] for w in (workdir, reference))
   for name in COMPARED:
     np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=name)
 
@@ -115,7 +114,7 @@ def test_a_diverging_run_stops_at_once_keeps_its_finite_checkpoints_and_says_so(
   assert f'step {stop}:' in message and record['metric'] == 'train/loss'
   # Every step is logged (log_every_steps=1): the run stopped at the first non-finite loss,
   # logged nothing from it on, and every logged loss before it is finite.
-  records = metrics_file.read_records(str(workdir))
+  records = rundir.read_records(str(workdir))
   losses = {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
   assert sorted(losses) == list(range(1, stop)) and all(map(math.isfinite, losses.values()))
   assert max(r['step'] for r in records) < stop
@@ -139,7 +138,7 @@ def test_guard_checks_loss_and_penalty_and_off_lets_training_go_on(default_confi
                      'rate 0.1;'):
     guard.check({'train/loss': 1.0, 'regularizer/penalty': math.inf}, 7, 0.1)
   guard.check({'train/loss': math.nan}, 7, 0.1, mode='off')
-  from fisher_jax import settings  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import settings  # pylint: disable=g-import-not-at-top
   default_config.guard.nonfinite = 'halt'
   with pytest.raises(ValueError, match=r"guard\.nonfinite='halt' is unknown"):
     settings.read(default_config)
@@ -167,11 +166,11 @@ def test_a_second_process_on_a_workdir_exits_at_once_and_a_restart_after_sigkill
         f"{os.uname().nodename} (one run per workdir); wait for it to end, or stop it, and "
         'start again to resume.')
     assert (workdir / 'metrics.jsonl').read_text() == logged  # The second wrote nothing.
-    assert workdir_lib.holder(str(workdir)) == f'pid {first.pid} on host {os.uname().nodename}'
+    assert rundir.holder(str(workdir)) == f'pid {first.pid} on host {os.uname().nodename}'
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  assert workdir_lib.holder(str(workdir)) is None  # The OS released the dead holder's lock.
+  assert rundir.holder(str(workdir)) is None  # The OS released the dead holder's lock.
   third = _run(workdir, env)
   assert third.returncode == 0, third.stderr[-3000:]
   assert 'Resumed from the checkpoint' in third.stdout
@@ -179,36 +178,36 @@ def test_a_second_process_on_a_workdir_exits_at_once_and_a_restart_after_sigkill
 
 
 def test_the_workdir_lock_is_reentrant_in_a_process_and_exclusive_across(tmp_path):
-  with workdir_lib.WorkdirLock(str(tmp_path)) as outer:
+  with rundir.WorkdirLock(str(tmp_path)) as outer:
     outer.acquire()
-    with workdir_lib.WorkdirLock(str(tmp_path)) as inner:
+    with rundir.WorkdirLock(str(tmp_path)) as inner:
       inner.acquire()
-    assert workdir_lib.holder(str(tmp_path)) is not None  # Still held by `outer`.
+    assert rundir.holder(str(tmp_path)) is not None  # Still held by `outer`.
     other = subprocess.run(
-        [sys.executable, '-c', 'import sys; from fisher_jax import workdir as w\n'
+        [sys.executable, '-c', 'import sys; from fisher_jax import rundir as w\n'
          f'try:\n  w.WorkdirLock({str(tmp_path)!r}).acquire()\n'
          'except w.WorkdirBusyError as e:\n  sys.exit(str(e))'],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert f'is in use by pid {os.getpid()}' in other.stderr
-  assert workdir_lib.holder(str(tmp_path)) is None
+  assert rundir.holder(str(tmp_path)) is None
 
 
 def test_a_workdir_that_is_a_file_or_cannot_be_made_is_one_sentence(default_config, tmp_path):
-  from fisher_jax import train  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import loop  # pylint: disable=g-import-not-at-top
   config = default_config
   config.dataset.train_subset = 256
   config.measure.num_examples = 64
   file = tmp_path / 'file'
   file.write_text('mine')
   with pytest.raises(ValueError, match=r"--workdir '.*file' is a file, not a directory;"):
-    train.train_and_evaluate(config, str(file))
+    loop.train_and_evaluate(config, str(file))
   with pytest.raises(ValueError, match=r"cannot be made \(Not a directory\); choose a "):
-    train.train_and_evaluate(config, str(file / 'run'))
+    loop.train_and_evaluate(config, str(file / 'run'))
   assert file.read_text() == 'mine'
   config.measure.num_examples = 100000
   with pytest.raises(ValueError, match=r'measure\.num_examples=100000 is larger than the '
                      r'training set \(256 examples\); choose at most 256\.'):
-    train.train_and_evaluate(config, str(tmp_path / 'big'))
+    loop.train_and_evaluate(config, str(tmp_path / 'big'))
   assert not (tmp_path / 'big').exists()
 
 
@@ -257,7 +256,7 @@ def _write_nans_into(step_dir):
 _RESTART_ALL = '''
 import json, sys
 from conftest import load_config
-from fisher_jax import train
+from fisher_jax.training import loop
 config = load_config()
 for key, value in json.loads(sys.argv[1]).items():
   node = config
@@ -266,7 +265,7 @@ for key, value in json.loads(sys.argv[1]).items():
     node = node[part]
   node[last] = value
 for workdir in sys.argv[2:]:
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
 '''
 
 
@@ -429,10 +428,10 @@ def test_sigkill_of_the_sweep_runner_kills_its_runs_and_a_restart_finishes_each_
   runner = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + TIMEOUT_S
-  while not (workdir_lib.holder(str(workdirs[0])) and _steps(workdirs[0])):  # It trains.
+  while not (rundir.holder(str(workdirs[0])) and _steps(workdirs[0])):  # It trains.
     assert runner.poll() is None and time.time() < deadline
     time.sleep(0.05)
-  child = int(workdir_lib.holder(str(workdirs[0])).split()[1])
+  child = int(rundir.holder(str(workdirs[0])).split()[1])
   runner.send_signal(signal.SIGKILL)
   runner.wait()
   deadline = time.time() + 10
@@ -458,7 +457,7 @@ def test_the_runner_records_diverged_runs_and_never_starts_a_held_workdir(tmp_pa
   after = runner.Job('s/after', str(tmp_path / 's' / 'after'), ('-c', 'pass'), ('s/lr',))
   held = runner.Job('s/held', str(tmp_path / 's' / 'held'), ('-c', 'pass'))
   messages = []
-  with workdir_lib.WorkdirLock(held.workdir) as lock:
+  with rundir.WorkdirLock(held.workdir) as lock:
     lock.acquire()
     def release_later(message):
       messages.append(message)
@@ -476,7 +475,7 @@ def test_the_runner_records_diverged_runs_and_never_starts_a_held_workdir(tmp_pa
 # 6. metrics.jsonl: strict JSON, a torn last line, nothing else skipped.
 
 def test_metrics_are_strict_json_and_a_torn_last_line_is_skipped_and_repaired(tmp_path):
-  lines = [metrics_file.format_record(s, s / 2, {'train/loss': v})
+  lines = [rundir.format_record(s, s / 2, {'train/loss': v})
            for s, v in enumerate([0.5, math.nan, math.inf, -math.inf])]
   def strict(constant):
     raise AssertionError(f'not strict JSON: {constant}')
@@ -484,14 +483,14 @@ def test_metrics_are_strict_json_and_a_torn_last_line_is_skipped_and_repaired(tm
       0.5, 'NaN', 'Infinity', '-Infinity']
   path = tmp_path / 'metrics.jsonl'
   path.write_text(''.join(lines) + lines[0][:17])  # A crash tore the last write.
-  records = metrics_file.read_records(str(tmp_path))
+  records = rundir.read_records(str(tmp_path))
   assert [r['step'] for r in records] == [0, 1, 2, 3]
   assert math.isnan(records[1]['train/loss']) and records[2]['train/loss'] == math.inf
   frame = analysis.read_metrics(str(tmp_path))
   assert frame['step'].tolist() == [0, 1, 2, 3] and frame['train/loss'].iloc[3] == -math.inf
-  metrics_file.prepare_for_resume(str(tmp_path), 2)  # Resumed from the checkpoint at step 2.
+  rundir.prepare_for_resume(str(tmp_path), 2)  # Resumed from the checkpoint at step 2.
   assert path.read_text() == ''.join(lines[:3])
-  metrics_file.prepare_for_resume(str(tmp_path), None)  # Started from scratch.
+  rundir.prepare_for_resume(str(tmp_path), None)  # Started from scratch.
   assert path.read_text() == ''
   path.write_text(lines[0] + lines[1][:10] + '\n' + lines[2])  # Damage before the last line.
   with pytest.raises(ValueError, match=r'metrics\.jsonl line 2 is not JSON'):
@@ -499,11 +498,11 @@ def test_metrics_are_strict_json_and_a_torn_last_line_is_skipped_and_repaired(tm
 
 
 def test_the_metrics_file_has_one_record_per_logged_step_without_speed_reports(tmp_path):
-  from fisher_jax import writers  # pylint: disable=g-import-not-at-top
+  from fisher_jax.training import writers  # pylint: disable=g-import-not-at-top
   writer = writers.JsonlWriter(str(tmp_path), steps_per_epoch=2)
   writer.write_scalars(4, {'train/loss': 0.25, 'test/accuracy': 0.5})
   writer.write_scalars(4, {'steps_per_sec': 3.0, 'uptime': 9.0})  # clu's ReportProgress.
   writer.write_scalars(4, {'perf/steps_per_sec': 3.0})
   writer.close()
-  assert metrics_file.read_records(str(tmp_path)) == [
+  assert rundir.read_records(str(tmp_path)) == [
       {'step': 4, 'epoch': 2.0, 'train/loss': 0.25, 'test/accuracy': 0.5}]

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fisher_jax import cadence
-from fisher_jax import settings
+from fisher_jax.training import cadence
+from fisher_jax.training import settings
 
 
 def test_read_types_every_section_of_the_default_config(default_config):

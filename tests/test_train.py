@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from fisher_jax import train
-from fisher_jax import writers
+from fisher_jax.training import loop
+from fisher_jax.training import writers
 
 
 def _small(config, epochs=2):
@@ -29,7 +29,7 @@ def _run_cli(workdir, *overrides, timeout=300):
 
 def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp_path):
   config = _small(default_config, epochs=2)
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   assert json.load(open(tmp_path / 'config.json')) == json.loads(config.to_json())
   records = writers.read_metrics(str(tmp_path))
   epoch_ends = [r for r in records if 'test/accuracy' in r]
@@ -69,7 +69,7 @@ def test_bad_config_fails_naming_the_field_and_writes_nothing(default_config, tm
   section, _, key = field.rpartition('.')
   (default_config[section] if section else default_config)[key] = value
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-    train.train_and_evaluate(default_config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(default_config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
@@ -90,31 +90,31 @@ def test_cli_bad_config_exits_non_zero_with_one_sentence(tmp_path, args, names):
 
 def test_different_config_in_same_workdir_is_refused_and_nothing_changes(
     default_config, tmp_path):
-  train.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
+  loop.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
   before = {p: os.path.getmtime(p) for p in tmp_path.rglob('*')}
   other = _small(default_config, epochs=1)
   other.optimizer.learning_rate = 0.5
   other.seed = 3
   with pytest.raises(ValueError, match=r'optimizer\.learning_rate.*seed|seed.*learning_rate'):
-    train.train_and_evaluate(other, str(tmp_path))
+    loop.train_and_evaluate(other, str(tmp_path))
   assert {p: os.path.getmtime(p) for p in tmp_path.rglob('*')} == before
 
 
 def test_checkpoints_of_unknown_origin_are_refused(default_config, tmp_path):
   (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
   with pytest.raises(ValueError, match='no config.json'):
-    train.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
+    loop.train_and_evaluate(_small(default_config, epochs=1), str(tmp_path))
   assert os.listdir(tmp_path) == ['checkpoints']
 
 
 def test_init_from_starts_at_another_runs_parameters(default_config, tmp_path):
   config = _small(default_config, epochs=1)
   config.measure.fisher_estimator = 'exact'  # Deterministic in (params, measurement subset).
-  train.train_and_evaluate(config, str(tmp_path / 'source'))
+  loop.train_and_evaluate(config, str(tmp_path / 'source'))
   source_files = sorted(str(p) for p in (tmp_path / 'source').rglob('*'))
   config.init_from.workdir = str(tmp_path / 'source')
   config.optimizer.learning_rate = 0.001  # Continued with another optimizer setting.
-  train.train_and_evaluate(config, str(tmp_path / 'continued'))
+  loop.train_and_evaluate(config, str(tmp_path / 'continued'))
   source_end = writers.read_metrics(str(tmp_path / 'source'))[-1]
   continued_start = writers.read_metrics(str(tmp_path / 'continued'))[0]
   assert continued_start['step'] == 0 and source_end['step'] > 0
@@ -125,18 +125,18 @@ def test_init_from_starts_at_another_runs_parameters(default_config, tmp_path):
 
 def test_init_from_a_different_model_is_refused(default_config, tmp_path):
   config = _small(default_config, epochs=1)
-  train.train_and_evaluate(config, str(tmp_path / 'source'))
+  loop.train_and_evaluate(config, str(tmp_path / 'source'))
   config.init_from.workdir = str(tmp_path / 'source')
   config.model.hidden = 64
   with pytest.raises(ValueError, match='init_from.workdir'):
-    train.train_and_evaluate(config, str(tmp_path / 'other'))
+    loop.train_and_evaluate(config, str(tmp_path / 'other'))
   assert not (tmp_path / 'other').exists()
 
 
 def test_label_noise_run_logs_clean_and_noisy_metrics(default_config, tmp_path):
   config = _small(default_config, epochs=1)
   config.dataset.label_noise = 0.25
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   last = writers.read_metrics(str(tmp_path))[-1]
   for name in ('train_clean/accuracy', 'train_noisy/accuracy', 'train_clean/grad_norm',
                'train_noisy/grad_norm'):

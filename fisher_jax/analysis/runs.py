@@ -19,12 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from fisher_jax import config_files
-from fisher_jax import guard
-from fisher_jax import metrics_file
-
-CONFIG_FILE = 'config.json'
-METRICS_FILE = metrics_file.METRICS_FILE
+from fisher_jax import rundir
+from fisher_jax.training import config_files
+from fisher_jax.training import guard
 
 
 @dataclasses.dataclass
@@ -102,7 +99,7 @@ def read_metrics(path: str) -> pd.DataFrame:
   Raises:
     ValueError: a line before the last one is damaged (naming the file and line).
   """
-  records = metrics_file.read_records(path)
+  records = rundir.read_records(path)
   if not records:
     return pd.DataFrame({'step': pd.Series(dtype=int), 'epoch': pd.Series(dtype=float)})
   frame = pd.DataFrame.from_records(records)
@@ -117,9 +114,9 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
   Raises:
     ValueError: `path` holds no config.json.
   """
-  config_file = os.path.join(path, CONFIG_FILE)
+  config_file = os.path.join(path, rundir.CONFIG_FILE)
   if not os.path.exists(config_file):
-    raise ValueError(f'{path!r} holds no {CONFIG_FILE}; it is not a run directory.')
+    raise ValueError(f'{path!r} holds no {rundir.CONFIG_FILE}; it is not a run directory.')
   with open(config_file) as f:
     config = json.load(f)
   return Run(name=name or os.path.basename(os.path.normpath(path)), path=path, config=config,
@@ -135,8 +132,8 @@ def load_runs(root: str, experiment: Optional[str] = None) -> List[Run]:
   """
   runs = []
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d != 'checkpoints')
-    if CONFIG_FILE in files and METRICS_FILE in files:
+    subdirs[:] = sorted(d for d in subdirs if d != rundir.CHECKPOINT_DIR)
+    if rundir.CONFIG_FILE in files and rundir.METRICS_FILE in files:
       name = os.path.relpath(directory, root).replace(os.sep, '/')
       run = load_run(directory, name=name)
       if experiment is None or run.experiment == experiment:

@@ -5,8 +5,8 @@
 
 It reads the run's `config.json`, rebuilds its model and dataset, restores the parameters and
 BatchNorm statistics of the checkpoint at `--step` (default: the latest) through
-`fisher_jax.checkpoint`, and on a fixed subset of training examples (the same subset the run
-measured Tr(H) on, chosen by the run's seed) computes `curvature.spectral_density` of the
+`fisher_jax.training.checkpoint`, and on a fixed subset of training examples (the same subset the
+run measured Tr(H) on, chosen by the run's seed) computes `curvature.spectral_density` of the
 Hessian of the mean loss and/or the Fisher, smooths it with `density_on_grid` and plots it on a
 symmetric-log eigenvalue axis (PyHessian's plot, Ghorbani et al., 2019). The nodes and
 weights are saved next to the figure (`.npz`) for other plots.
@@ -23,16 +23,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fisher_jax import checkpoint
 from fisher_jax import curvature
 from fisher_jax import data
 from fisher_jax import models
+from fisher_jax import rundir
+from fisher_jax.training import checkpoint
 
 OPERATORS = ('hessian', 'fisher', 'both')
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
+  path = os.path.join(workdir, rundir.CONFIG_FILE)
   if not os.path.exists(path):
     raise ValueError(f'--workdir={workdir!r} has no config.json; point it at a fisher_jax run.')
   with open(path) as f:
@@ -64,7 +65,7 @@ def checkpoint_spectra(workdir: str, *, step: Optional[int] = None,
     raise ValueError(f'--operator={operator!r} is unknown; choose one of {list(OPERATORS)}.')
   config = _load_config(workdir)
   step, params, batch_stats = checkpoint.restore_model_variables(
-      os.path.join(workdir, 'checkpoints'), step)
+      os.path.join(workdir, rundir.CHECKPOINT_DIR), step)
   inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed,
                         process_index=0, process_count=1)
   model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}

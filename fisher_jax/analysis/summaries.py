@@ -35,8 +35,8 @@ from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from fisher_jax import fit_stop
 from fisher_jax.analysis.runs import Run
+from fisher_jax.training import fit_stop
 
 FISHER = 'curvature/fisher_trace'
 TRAIN_ACCURACY = 'train/accuracy'
@@ -371,7 +371,7 @@ def mean_value(run: Run, metric: str, start_epoch: float = 0.0,
 
 def convergence_epoch(run: Run) -> Optional[int]:
   """The run's convergence epoch E: the first epoch whose `train_full/accuracy` reaches its
-  config's fit target `stop.train_accuracy` (`fisher_jax.fit_stop.convergence_epoch`); None
+  config's fit target `stop.train_accuracy` (`fisher_jax.training.fit_stop.convergence_epoch`); None
   when the run has no fit target or never reached it (unconverged)."""
   target = float(run.get('stop.train_accuracy') or 0.0)
   if not target > 0 or TRAIN_FULL_ACCURACY not in run.metrics:

@@ -1,7 +1,7 @@
 """Where per-example work runs: in chunks, on one device, or over a mesh (private plumbing).
 
-The mathematics (`fisher.py`, `regularizers.py`) says what is computed for one device's rows;
-this module says where:
+The mathematics (`fisher.py`, `regularizers/penalties.py`) says what is computed for one
+device's rows; this module says where:
 
 * `map_in_chunks(fn, xs, chunk_size)`: `jax.vmap(fn)(xs)`, `chunk_size` examples at a time.
 * `map_probes(fn, probes, like, chunk_size)`: `jax.vmap(fn)(probes)` over a leading axis of

@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from fisher_jax import settings as settings_lib
 from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import base
+from fisher_jax.training import settings as settings_lib
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
 from fisher_jax.data import fashion_mnist as fashion_mnist_lib  # (registers the TFDS builder)
 from fisher_jax.data import label_noise as label_noise_lib

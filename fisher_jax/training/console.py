@@ -9,7 +9,7 @@ epoch on a terminal (tqdm; none when stdout is a file), and a summary at the end
     ...
     best val accuracy 0.6597 at epoch 1 (test accuracy 0.6361 there); epoch 2/2, ran 0:01:10
 
-`fisher_jax.quiet` keeps the libraries' chatter off it.
+`fisher_jax.training.quiet` keeps the libraries' chatter off it.
 """
 
 import datetime
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import tqdm
 
-from fisher_jax import writers
+from fisher_jax.training import writers
 
 # (label, metric, format, width): the columns of an epoch line, in order.
 _COLUMNS = (

@@ -1,8 +1,8 @@
 """Metric writers: TensorBoard (clu), the run's `metrics.jsonl` and the console.
 
 `metrics.jsonl` holds one JSON object per logged point, `{"step", "epoch", <metric>: value}`
-(its format, crash tolerance and repair: `metrics_file`); analysis code reads only it and
-`config.json`. Speed and uptime (clu's `ReportProgress`) go to TensorBoard only, as
+(its format, crash tolerance and repair: `fisher_jax.rundir.metrics`); analysis code reads only
+it and `config.json`. Speed and uptime (clu's `ReportProgress`) go to TensorBoard only, as
 `perf/steps_per_sec` and `perf/uptime`, through the run writer's `perf`. Only process 0 writes
 files; the other processes get a writer that discards everything.
 """
@@ -17,10 +17,9 @@ _extras.require('train', __name__)
 from clu import metric_writers
 import numpy as np
 
-from fisher_jax import metrics_file
+from fisher_jax import rundir
 
-METRICS_FILE = metrics_file.METRICS_FILE
-read_metrics = metrics_file.read_records
+read_metrics = rundir.read_records
 PERF_PREFIX = 'perf/'
 
 
@@ -62,20 +61,20 @@ class JsonlWriter(ScalarsOnlyWriter):
   """Appends scalars to `<workdir>/metrics.jsonl`, one line per `write_scalars` call.
 
   Each line is `{"step": step, "epoch": step / steps_per_epoch, **scalars}` (strict JSON, see
-  `metrics_file`), written whole and flushed, so a killed run loses nothing it reported. Only
-  analysis metrics go in (`metrics_file.is_metric`): clu's steps_per_sec/uptime reports and
-  perf/* stay in TensorBoard, so each logged step has one record.
+  `fisher_jax.rundir.metrics`), written whole and flushed, so a killed run loses nothing it
+  reported. Only analysis metrics go in (`rundir.is_metric`): clu's steps_per_sec/uptime
+  reports and perf/* stay in TensorBoard, so each logged step has one record.
   """
 
   def __init__(self, workdir: str, steps_per_epoch: int):
     self._steps_per_epoch = steps_per_epoch
-    self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+    self._file = open(os.path.join(workdir, rundir.METRICS_FILE), 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    metrics = {k: float(np.asarray(v)) for k, v in scalars.items() if metrics_file.is_metric(k)}
+    metrics = {k: float(np.asarray(v)) for k, v in scalars.items() if rundir.is_metric(k)}
     if not metrics:  # Speed and uptime (TensorBoard only): one record per logged step.
       return
-    self._file.write(metrics_file.format_record(step, int(step) / self._steps_per_epoch,
+    self._file.write(rundir.format_record(step, int(step) / self._steps_per_epoch,
                                                 metrics))
     self._file.flush()
 

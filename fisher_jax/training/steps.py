@@ -2,7 +2,7 @@
 
 `train_step` and `eval_step` are ONE device's program: they see this device's slice of the
 global batch and reduce over the mesh axis 'data' with explicit collectives (wrap them with
-`parallel.data_parallel`). Because every device holds an equal slice, the mean of the devices'
+`mesh.data_parallel`). Because every device holds an equal slice, the mean of the devices'
 means is the global mean: 1 and N devices give the same numbers for the same global batch.
 
 BatchNorm: in training each device normalizes with its own batch statistics (as with pmap);
@@ -23,10 +23,9 @@ import optax
 
 from fisher_jax import curvature
 from fisher_jax import losses
-from fisher_jax import optim
 from fisher_jax import regularizers
-from fisher_jax.parallel import AXIS
-from fisher_jax.state import TrainState
+from fisher_jax.training.mesh import AXIS
+from fisher_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 
@@ -56,7 +55,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       BatchNorm, which are per-example independent. The penalty is that of the global batch
       (see `regularizers`).
     recompute_penalty: who decides whether a step recomputes the penalty (see
-      `optim.add_penalty_gradient`). None: the device; the step hands `penalty_fn` to the
+      `regularizers.add_penalty_gradient`). None: the device; the step hands `penalty_fn` to the
       transformation, whose `lax.cond` calls it when due (one step for all; the library's
       default). True / False: the host; this step always / never recomputes it, and the caller
       picks the step with `optim.make_recompute_fn` (no `lax.cond`, which on XLA:CPU runs
@@ -113,7 +112,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     metrics = {'loss': loss,
                'accuracy': lax.pmean(jnp.mean(losses.accuracy(logits, labels)), AXIS)}
     if regularizer != 'none':
-      metrics['penalty'] = optim.latest_penalty(opt_state)
+      metrics['penalty'] = regularizers.latest_penalty(opt_state)
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=lax.pmean(batch_stats, AXIS), opt_state=opt_state)
     return new_state, metrics

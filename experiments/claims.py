@@ -39,10 +39,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from fisher_jax import config_files
 from fisher_jax.analysis import stats
 from fisher_jax.analysis import summaries
 from fisher_jax.analysis.runs import Run
+from fisher_jax.training import config_files
 
 HESSIAN = 'curvature/hessian_trace'
 CONVERGED_ACCURACY = 0.99   # final-epoch training accuracy of a converged run (protocol)

@@ -14,9 +14,9 @@ The section readers (`read_optimizer(config.optimizer)`, `read_regularizer(confi
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
-from fisher_jax import guard
 from fisher_jax import regularizers
 from fisher_jax.curvature import FISHER_ESTIMATORS
+from fisher_jax.training import guard
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
@@ -72,7 +72,7 @@ class MeasureSettings:
 @dataclasses.dataclass(frozen=True)
 class StopSettings:
   """`config.stop`: the fit target (0: off) and the epochs trained after reaching it (see
-  fisher_jax.fit_stop)."""
+  fisher_jax.training.fit_stop)."""
   train_accuracy: float
   extra_epochs: int
 
@@ -101,7 +101,7 @@ class Settings:
   checkpoint_every_epochs: int
   log_every_steps: int
   checkpoint_keep: int  # The latest checkpoints kept (the best-by-val/accuracy one besides).
-  guard_nonfinite: str  # `config.guard.nonfinite`: 'stop' or 'off' (see fisher_jax.guard).
+  guard_nonfinite: str  # `config.guard.nonfinite`: 'stop' or 'off' (see fisher_jax.training.guard).
 
 
 def required(section, field: str, prefix: str):

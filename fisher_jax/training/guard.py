@@ -21,8 +21,9 @@ import math
 import os
 from typing import Any, Dict, Mapping, Optional
 
+from fisher_jax import rundir
+
 NONFINITE_MODES = ('stop', 'off')
-DIVERGED_FILE = 'diverged.json'
 # The logged means the guard looks at: the training loss and the penalty.
 GUARDED_METRICS = ('train/loss', 'regularizer/penalty')
 
@@ -66,7 +67,7 @@ def check(values: Mapping[str, float], step: int, learning_rate: float, mode: st
 
 def write_divergence(workdir: str, error: DivergedError):
   """Writes `<workdir>/diverged.json` (whole, then renamed)."""
-  path = os.path.join(workdir, DIVERGED_FILE)
+  path = os.path.join(workdir, rundir.DIVERGED_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(error.record, f, indent=1)
   os.replace(path + '.tmp', path)
@@ -75,7 +76,7 @@ def write_divergence(workdir: str, error: DivergedError):
 def read_divergence(workdir: str) -> Optional[Dict[str, Any]]:
   """The record of `diverged.json` in `workdir` (step, metric, value, learning_rate, message),
   or None if the run did not diverge."""
-  path = os.path.join(workdir, DIVERGED_FILE)
+  path = os.path.join(workdir, rundir.DIVERGED_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:

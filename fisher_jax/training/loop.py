@@ -26,25 +26,22 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from fisher_jax import cadence
-from fisher_jax import checkpoint
-from fisher_jax import config_files
-from fisher_jax import console
 from fisher_jax import data
-from fisher_jax import fit_stop
-from fisher_jax import guard
-from fisher_jax import metrics_file
 from fisher_jax import models
-from fisher_jax import optim
-from fisher_jax import parallel
-from fisher_jax import settings as settings_lib
-from fisher_jax import state as state_lib
-from fisher_jax import steps
-from fisher_jax import workdir as workdir_lib
-from fisher_jax import writers
+from fisher_jax import rundir
+from fisher_jax.training import cadence
+from fisher_jax.training import checkpoint
+from fisher_jax.training import config_files
+from fisher_jax.training import console
+from fisher_jax.training import fit_stop
+from fisher_jax.training import guard
+from fisher_jax.training import mesh as mesh_lib
+from fisher_jax.training import optim
+from fisher_jax.training import settings as settings_lib
+from fisher_jax.training import state as state_lib
+from fisher_jax.training import steps
+from fisher_jax.training import writers
 
-CONFIG_FILE = 'config.json'
-CHECKPOINT_DIR = 'checkpoints'
 # Keys that may change when a run is resumed: they do not alter the trajectory (num_epochs only
 # where the learning-rate schedule does not depend on it, see _check_workdir).
 RESUMABLE_FIELDS = ('checkpoint_every_epochs', 'log_every_steps', 'checkpoint_keep',
@@ -74,11 +71,11 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
     ValueError: the workdir's config.json differs from `config` (naming the fields), or the
       workdir holds checkpoints without a config.json (not written by fisher_jax).
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, rundir.CONFIG_FILE)
   if not os.path.exists(path):
-    if os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-      raise ValueError(f'workdir {workdir!r} holds checkpoints but no {CONFIG_FILE}; it was not '
-                       'written by fisher_jax: choose another --workdir.')
+    if os.path.isdir(os.path.join(workdir, rundir.CHECKPOINT_DIR)):
+      raise ValueError(f'workdir {workdir!r} holds checkpoints but no {rundir.CONFIG_FILE}; it '
+                       'was not written by fisher_jax: choose another --workdir.')
     return
   with open(path) as f:
     old = config_files.flat_fields(json.load(f))
@@ -98,7 +95,7 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict):
   # Written whole, then renamed: other processes checking the workdir never see half a file.
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, rundir.CONFIG_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(_config_dict(config), f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
@@ -107,7 +104,7 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict):
 def _place_subset(subset: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
   """Puts a fixed measurement subset on the devices: split over them if it divides, else whole."""
   n = len(subset['label'])
-  sharding = parallel.batch_sharded(mesh) if n % mesh.size == 0 else parallel.replicated(mesh)
+  sharding = mesh_lib.batch_sharded(mesh) if n % mesh.size == 0 else mesh_lib.replicated(mesh)
   return {k: jax.device_put(np.asarray(v), sharding) for k, v in subset.items()}
 
 
@@ -115,7 +112,7 @@ def _evaluate(eval_step, state, inp, split: str, batch_size: int, mesh) -> Dict[
   """'<split>/loss' and '<split>/accuracy' over every example of `split` (sums / true count)."""
   sums = None
   for batch in inp.eval_iterator(split, batch_size):
-    out = eval_step(state, parallel.shard_batch(batch, mesh))
+    out = eval_step(state, mesh_lib.shard_batch(batch, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = float(sums['count'])
@@ -213,7 +210,7 @@ def _init_from(state, init_from, mesh):
   The optimizer state, the step counter and the RNG are this run's own (fresh), so a run can
   continue another one with a different optimizer, regularizer or seed.
   """
-  source = os.path.join(init_from.workdir, CHECKPOINT_DIR)
+  source = os.path.join(init_from.workdir, rundir.CHECKPOINT_DIR)
   step, params, batch_stats = checkpoint.restore_model_variables(source, init_from.step)
   ours = jax.tree.structure((state.params, state.batch_stats))
   if jax.tree.structure((params, batch_stats)) != ours or any(
@@ -223,7 +220,7 @@ def _init_from(state, init_from, mesh):
     raise ValueError(f'init_from.workdir={init_from.workdir!r} holds a different model; '
                      'its model config must equal this run\'s model config.')
   logging.info('Initialized from %s at step %d.', source, step)
-  placed = parallel.replicate((params, batch_stats), mesh)
+  placed = mesh_lib.replicate((params, batch_stats), mesh)
   return state.replace(params=placed[0], batch_stats=placed[1])
 
 
@@ -254,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Released in reverse order on the way out, whatever happens: pending checkpoint saves are
   # finished, the writers closed, then the workdir's lock released.
   with contextlib.ExitStack() as cleanup:
-    lock = cleanup.enter_context(workdir_lib.WorkdirLock(workdir))
+    lock = cleanup.enter_context(rundir.WorkdirLock(workdir))
     try:
       return _train_and_evaluate(config, workdir, lock, cleanup, on_epoch)
     except guard.DivergedError as error:
@@ -266,10 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, float]:
   """`train_and_evaluate`'s work: takes `lock` before writing, registers closing in `cleanup`."""
   run = settings_lib.read(config)
-  workdir_lib.check(workdir)
+  rundir.check(workdir)
   _check_workdir(workdir, config)
-  mesh = parallel.make_mesh()
-  parallel.check_divisible(run.batch_size, mesh)
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_divisible(run.batch_size, mesh)
   inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
   model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
   _check_subset_sizes(run, inp.num_train)
@@ -283,7 +280,7 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   init_rng, measure_rng = jax.random.split(rng)
   create = jax.jit(
       lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
-      out_shardings=parallel.replicated(mesh))
+      out_shardings=mesh_lib.replicated(mesh))
   state = create(init_rng)
   # Read (and check) another run's checkpoint before this run writes anything.
   initial = _init_from(state, run.init_from, mesh) if run.init_from.workdir else None
@@ -294,7 +291,7 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   divergence = guard.read_divergence(workdir)
   if divergence and run.guard_nonfinite == 'stop':
     raise guard.DivergedError(divergence)  # Training it again would diverge again.
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, rundir.CHECKPOINT_DIR),
                                  keep=run.checkpoint_keep,
                                  best_metric='val/accuracy' if inp.has_split('val') else None)
   cleanup.callback(ckpt.close)
@@ -315,10 +312,10 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   elif initial is not None:
     state = initial
   if is_writer:  # Drops what was logged after the checkpoint (all of it from scratch).
-    metrics_file.prepare_for_resume(workdir, start_step or None)
+    rundir.prepare_for_resume(workdir, start_step or None)
   converged_at, done_before = None, {}
   if start_step and run.stop.train_accuracy > 0:  # The fit target's state is in the records.
-    records = [r for r in metrics_file.read_records(workdir) if r['step'] <= start_step]
+    records = [r for r in rundir.read_records(workdir) if r['step'] <= start_step]
     converged_at = fit_stop.convergence_epoch(records, run.stop.train_accuracy)
     for r in records:
       done_before.update({k: v for k, v in r.items() if k not in ('step', 'epoch')})
@@ -337,11 +334,11 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   # compiled steps, each compiled on first use.
   recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch)
   train_steps = {
-      flag: parallel.data_parallel(
+      flag: mesh_lib.data_parallel(
           steps.make_train_step(model, tx, run.regularizer.name, recompute_penalty=flag),
           mesh, batch_args=(1,), num_args=2, donate_argnums=(0,))
       for flag in (True, False)}
-  eval_step = parallel.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
+  eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
   measurements = _Measurements(run.measure, batch_size=run.batch_size,
                                label_noise=run.dataset.label_noise, model=model, inp=inp,
@@ -364,7 +361,7 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   iterator = inp.train_iterator(start_step)
   for step in range(start_step + 1, last_step + 1):  # `step` counts updates done after it.
     train_step = train_steps[recompute_due(step - 1)]
-    state, metrics = train_step(state, parallel.shard_batch(next(iterator), mesh))
+    state, metrics = train_step(state, mesh_lib.shard_batch(next(iterator), mesh))
     train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
     train_count += 1
     report(step)

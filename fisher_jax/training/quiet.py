@@ -2,7 +2,7 @@
 
     quiet.quiet_libraries(verbose)          # before anything logs
     with quiet.native_stderr_closed(not verbose):
-      from fisher_jax import train          # imports TensorFlow
+      from fisher_jax.training import loop          # imports TensorFlow
 
 Imports nothing heavy itself, so that `main.py` can call it before TensorFlow is loaded.
 """

@@ -1,4 +1,4 @@
-"""Curvature regularizers: penalty values and their parameter gradients.
+"""The curvature penalties: their values and their parameter gradients.
 
 With B examples in the (global) mini-batch, CE_i(y) = -log p_theta(y | x_i), sampled labels
 y^_i ~ p_theta(. | x_i) and uniform random labels y~_i (both constants: no gradient flows
@@ -50,10 +50,12 @@ penalty_fn = regularizers.make_penalty_fn(run.regularizer.name, logits_fn, input
                                           rng=step_rng, axis_name='data')
 grads = lax.pmean(local_loss_grads, 'data')
 updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
-penalty_value = optim.latest_penalty(opt_state)       # logged as regularizer/penalty
+penalty_value = regularizers.latest_penalty(opt_state)  # logged as regularizer/penalty
 ```
 
-The transformation calls `penalty_fn(params)` only on the steps where the penalty is recomputed
+(`optim` is the trainer's `fisher_jax.training.optim`; `add_penalty_gradient`, the
+transformation it chains, is `fisher_jax.regularizers.transform`'s.) The transformation calls
+`penalty_fn(params)` only on the steps where the penalty is recomputed
 (`every_k`). A step that wants the loss gradient and the penalty to share one forward pass uses
 `loss_and_penalty_grads` under its own `lax.cond` (see its docstring).
 """
@@ -304,7 +306,7 @@ def penalty_and_grad(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
 def make_penalty_fn(name: str, logits_fn: LogitsFn, inputs: jax.Array, labels: jax.Array, *,
                     rng=None, axis_name: _core.AxisName = None):
   """`params -> (value, grads)` of `penalty_and_grad` for this batch: the `penalty_fn` argument
-  of `optim.add_penalty_gradient`'s update."""
+  of `transform.add_penalty_gradient`'s update."""
   name = validate_name(name)
   return lambda params: penalty_and_grad(name, logits_fn, params, inputs, labels, rng=rng,
                                          axis_name=axis_name)
@@ -320,7 +322,7 @@ def loss_and_penalty_grads(name: str, logits_fn: LogitsFn, params, inputs: jax.A
   gradient comes out of the penalty's own backward pass). Loss and gradients are global-batch
   means (`pmean`ed) when `axis_name` is given. Use it in the step that recomputes the penalty,
   handing the penalty to the transformation through a constant `penalty_fn` (the host picks
-  that step with `optim.recompute_due`; see `optim.add_penalty_gradient`):
+  that step with `transform.recompute_due`; see `transform.add_penalty_gradient`):
 
   ```
   r = regularizers.loss_and_penalty_grads(name, logits_fn, p, x, y, rng=rng, axis_name='data')

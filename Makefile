@@ -11,7 +11,7 @@ CONFIG ?= configs/default.py
 LOCK := requirements/test.txt
 LOCKED := $(wildcard $(LOCK))
 
-.PHONY: install lock run test
+.PHONY: docs install lock run test
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -35,3 +35,10 @@ run: install
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+# The documentation site (mkdocs.yml), built strictly into site/, running the tutorials. Until
+# the lock file lists the docs extra, its tools are installed on top of the lock's versions.
+docs: install
+	$(PYTHON) -c 'import mkdocs, mkdocstrings_handlers.python, mkdocs_jupyter, material' 2>/dev/null \
+	  || $(PYTHON) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site

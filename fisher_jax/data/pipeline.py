@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import base
 from fisher_jax.training import settings as settings_lib
+from fisher_jax.training import quiet
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
 from fisher_jax.data import fashion_mnist as fashion_mnist_lib  # (registers the TFDS builder)
 from fisher_jax.data import label_noise as label_noise_lib
@@ -146,9 +147,17 @@ def prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str] = None
   The embedded digits are prepared offline on first use; a dataset built from a manual archive
   (TinyImageNet) is prepared on first use when the archive is in `<data_dir>/downloads/manual`.
 
+  TFDS's own messages while it prepares a dataset (progress bars, 'Downloading and preparing
+  dataset ...') stay off the console unless INFO logs are shown (`quiet.dataset_preparation`).
+
   Raises:
     DatasetNotPreparedError: the data is not there, with `missing_dataset_message`.
   """
+  with quiet.dataset_preparation():
+    return _prepared_builder(spec, data_dir)
+
+
+def _prepared_builder(spec: specs_lib.DatasetSpec, data_dir: Optional[str]):
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     return builder

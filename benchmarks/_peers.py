@@ -169,8 +169,12 @@ def _failure(error: BaseException) -> str:
 
 
 def _torch_cases(name: str, batch: int, toy: bool, probes: int, iterations: int):
-  """(framework -> quantity -> (call(round) or an error message, divisor, input bytes),
-  device): the calls of one model and batch size, each library's built if installed."""
+  """The calls of one model and batch size, each library's built if it is installed.
+
+  Returns:
+    (framework -> 'not installed' | 'failed: ...' | {quantity -> (call() or 'failed: ...',
+    divisor, input bytes)}, the torch device, the model's number of parameters).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   from torch.func import functional_call, grad, jvp, vmap  # pylint: disable=g-import-not-at-top
@@ -379,7 +383,7 @@ def _measure(name: str, batch: int, toy: bool, rounds: int, probes: int, iterati
     seconds = _timing.median(times[f'{key[0]}/{key[1]}']) / divisor
     rows[key] = _row(key[0], name, batch, key[1], detail, seconds=seconds,
                      peak_bytes=memory.get(key), peak_exact=True if cuda else None)
-  for (framework, quantity), row in rows.items():  # Ratios to the framework's own gradient.
+  for (framework, _), row in rows.items():  # Ratios to the framework's own gradient.
     base = rows.get((PEERS[framework][1], 'gradient'))
     if row['status'] == 'ok' and base and base['status'] == 'ok':
       row['ratio'] = row['seconds'] / base['seconds']

@@ -90,6 +90,7 @@ from benchmarks import _timing  # noqa: E402
 from fisher_jax import curvature  # noqa: E402
 from fisher_jax import models  # noqa: E402
 from fisher_jax import regularizers  # noqa: E402
+from fisher_jax.training import cadence  # noqa: E402
 from fisher_jax.training import mesh as mesh_lib  # noqa: E402
 from fisher_jax.training import optim  # noqa: E402
 from fisher_jax.training import settings  # noqa: E402
@@ -344,16 +345,18 @@ def _lower_train_case(key: str, model, mesh, variables, batch, rng):
                                        start_epoch=0))
   tx = optim.make_optimizer(settings.read_optimizer(OPTIMIZER), reg,
                             steps_per_epoch=STEPS_PER_EPOCH, num_epochs=1)
-  recompute_due = optim.make_recompute_fn(reg, STEPS_PER_EPOCH)
+  penalty_start = cadence.epochs_to_steps(reg.start_epoch, STEPS_PER_EPOCH)
+  fresh_due = lambda count: reg.name != 'none' and cadence.penalty_due(  # noqa: E731
+      count, every_k=reg.every_k, start_step=penalty_start)
   params = jax.tree.map(jnp.copy, variables['params'])
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                batch_stats=jax.tree.map(jnp.copy,
                                                         variables.get('batch_stats', {})),
                                opt_state=tx.init(params), rng=jnp.copy(rng))
   held = {'state': mesh_lib.replicate(state, mesh), 'count': 0}
-  flags = sorted({recompute_due(i) for i in range(every_k)})
+  flags = sorted({fresh_due(i) for i in range(every_k)})
   lowered = [mesh_lib.data_parallel(
-      steps.make_train_step(model, tx, reg.name, recompute_penalty=flag), mesh,
+      steps.make_train_step(model, tx, reg.name, fresh_penalty=flag), mesh,
       batch_args=(1,), num_args=2, donate_argnums=(0,)).lower(held['state'], batch)
              for flag in flags]
   detail = {'fp_step': f'strength {FP_STRENGTH}, recomputed every step',
@@ -366,7 +369,7 @@ def _lower_train_case(key: str, model, mesh, variables, batch, rng):
     def call(round_index):
       del round_index
       for _ in range(steps_per_call):
-        step = compiled[recompute_due(held['count'])]
+        step = compiled[fresh_due(held['count'])]
         held['state'], metrics = step(held['state'], batch)
         held['count'] += 1
       return held['state'], metrics
@@ -384,16 +387,18 @@ def _compile_one(program):
   return executable, time.perf_counter() - start
 
 
+_LABELS = {q.key: q.label for q in QUANTITIES}
+
+
 def _row(model_name, batch, dtype, key, **fields) -> Dict[str, Any]:
+  """A row of the JSON: the configuration, the quantity and what was measured (None: not
+  measured or not available; `status` 'ok' or 'failed: <the error>')."""
   row = dict(framework=FRAMEWORK, model=model_name, batch=batch, dtype=dtype, quantity=key,
              label=_LABELS.get(key, key), detail='', status='ok', seconds=None, ratio=None,
              peak_bytes=None, peak_ratio=None, peak_exact=None, xla_bytes=None,
              xla_ratio=None, compile_seconds=None)
   row.update(fields)
   return row
-
-
-_LABELS = {q.key: q.label for q in QUANTITIES}
 
 
 def _failure(error: BaseException) -> str:
@@ -641,6 +646,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.error('--chunk_size must be 0 (the whole batch) or a positive integer.')
   if bool(args.one_config) != bool(args.rows_file):
     parser.error('--one_config and --rows_file go together.')
+  if args.one_config:
+    fields = args.one_config.split(':')
+    if (len(fields) != 3 or fields[0] not in args.models or not fields[1].isdigit()
+        or fields[2] not in DTYPES):
+      parser.error(f'--one_config={args.one_config!r} must be MODEL:BATCH:DTYPE with MODEL in '
+                   f'--models and DTYPE one of {", ".join(DTYPES)}.')
   return args
 
 
@@ -660,6 +671,7 @@ def plan(args: argparse.Namespace) -> List[Config]:
 
 
 def _child_argv(args, config: Config, rows_file: str) -> List[str]:
+  """The command line of the process that runs `config` alone (`--one_config`)."""
   argv = [sys.executable, os.path.abspath(__file__), '--models', config.model,
           '--rounds', str(args.rounds), '--probes', str(args.probes),
           '--lanczos_iterations', str(args.lanczos_iterations),

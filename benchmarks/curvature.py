@@ -8,10 +8,10 @@ the mean-loss gradient.
   python -m benchmarks.curvature [--batch 128] [--rounds 7] [--probes 8] [--part all] [--unroll]
                                  [--model simple_cnn]
 
-The second-part rows (per-leaf Tr(F), the Fisher diagonal, fisher_vp, Lanczos, SLQ) are also
-shown per HVP where the goal is in HVPs. `--part second` (or `--new_only`) times only them, the
-baseline and the HVP row they are compared to; `--part first` only the first part's rows (what
-the benchmark timed before the second part, for before/after comparisons).
+`--part traces` times the traces and norms (per-example gradient norms, Tr(F), Tr(F_B), H v,
+Tr(H)); `--part operators` the breakdowns, operators and estimators (per-leaf Tr(F), the Fisher
+diagonal, fisher_vp, Lanczos, SLQ) with the baseline and the H v row they are compared to; the
+rows whose goal is in H v products are also shown per product.
 """
 
 import argparse
@@ -62,9 +62,9 @@ def _reverse_over_reverse_hvp(loss_fn, params, v):
   return jax.grad(lambda p: optax.tree.vdot(jax.grad(loss_fn)(p), v))(params)
 
 
-def _second_part_cases(logits_fn, loss_of, args):
-  """The rows of the curvature API's second part (see docs/curvature.md), and for the rows
-  whose goal is stated in HVPs, their number of HVPs."""
+def _operator_cases(logits_fn, loss_of, args):
+  """The rows of the breakdowns, operators and estimators (see docs/curvature.md), and for the
+  rows whose goal is stated in HVPs, their number of HVPs."""
   k, m, n = args.lanczos_k, args.iterations, args.slq_probes
   unrolled = ', unrolled' if args.unroll else ''
   lanczos = f'top_eigenpairs k={k}, {m} iterations (Hessian{unrolled})'
@@ -106,18 +106,15 @@ def main():
   parser.add_argument('--chunk', type=int, default=32)
   parser.add_argument('--copies_alternative', action='store_true',
                       help='also time per-example gradients via per-example parameter copies')
-  parser.add_argument('--part', choices=('all', 'first', 'second'), default='all',
-                      help="the rows to time: the first part's, the second part's (with the "
-                           'baseline and the HVP), or all')
-  parser.add_argument('--new_only', action='store_true', help='the same as --part second')
+  parser.add_argument('--part', choices=('all', 'traces', 'operators'), default='all',
+                      help='the rows to time: the traces and norms, the operators and '
+                           'estimators (with the baseline and the HVP), or all')
   parser.add_argument('--lanczos_k', type=int, default=10)
   parser.add_argument('--iterations', type=int, default=30)
   parser.add_argument('--slq_probes', type=int, default=4)
   parser.add_argument('--unroll', action='store_true',
                       help='Lanczos and SLQ with their steps unrolled (no fori_loop)')
   args = parser.parse_args()
-  if args.new_only:
-    args.part = 'second'
 
   model = get_model(args.model, num_classes=10)
   k_x, k_y, k_p, k_v = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -170,12 +167,12 @@ def main():
           lambda p, x, y, r, v: _vmapped_jvp_of_grad_forms(
               loss_of(x, y), p, jax.tree.map(lambda a: jnp.stack([a] * probes), v)), probes),
   }
-  if args.part == 'second':
+  if args.part == 'operators':
     cases = {name: cases[name] for name in ('mean-loss gradient (baseline)',
                                             'hvp (forward-over-reverse)')}
-  new_cases, per_hvp = _second_part_cases(logits_fn, loss_of, args)
-  if args.part != 'first':
-    cases.update(new_cases)
+  operator_cases, per_hvp = _operator_cases(logits_fn, loss_of, args)
+  if args.part != 'traces':
+    cases.update(operator_cases)
   if args.copies_alternative:  # slow to compile (convolutions with B feature groups)
     cases['  alternative: grad w.r.t. per-example parameter copies'] = (
         lambda p, x, y, r, v: _broadcast_params_sq_norms(logits_fn, p, x, y), 1)
@@ -185,7 +182,7 @@ def main():
   one_norm = jax.jit(lambda p, x, y: optax.tree.norm(jax.grad(loss_of(x, y))(p), squared=True))
   def python_loop(p, x, y, r, v):
     return [one_norm(p, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
-  if args.part != 'second':
+  if args.part != 'operators':
     jitted['  comparison: Python loop over examples'] = (python_loop, 1)
 
   call_args = (params, inputs, labels, rng, v)

@@ -8,11 +8,11 @@ plain step's median:
 * `fp grad (linearize)`: `regularizers.penalty_and_grad('fp')` alone: g by one forward and one
   backward pass, 2 H g by one tangent pass of `jax.linearize` (goal <= 2.3);
 * `fp grad (rev-over-rev)`: `jax.grad` of `regularizers.penalty('fp')`, for reference;
-* `fp step`: a step recomputing the penalty: `loss_and_penalty_grads` (the loss gradient and g
-  pulled back through one forward pass), `tx.update(..., recompute_penalty=True)` (goal <= 3.0);
-* `fp step separate`: the same with the loss gradient's own forward pass and `make_penalty_fn`;
-* `fp step every_k=10`: 10 consecutive steps, averaged: the host runs the recomputing step once
-  and the plain-gradient step reusing the cached penalty gradient 9 times (goal <= 1.3);
+* `fp step`: a step computing a fresh penalty: `loss_and_penalty_grads` (the loss gradient and
+  g pulled back through one forward pass), `tx.update(..., penalty=...)` (goal <= 3.0);
+* `fp step separate`: the same with the loss gradient's own forward pass and `penalty_and_grad`;
+* `fp step every_k=10`: 10 consecutive steps, averaged: the host runs the fresh-penalty step
+  once and the plain-gradient step reusing the cached penalty gradient 9 times (goal <= 1.3);
 * `fp every_k=10 cond` (with `--cond`): the same, one compiled step choosing with `lax.cond` on
   the device (on CPU, XLA runs the convolutions inside a `lax.cond` branch several times slower,
   github.com/jax-ml/jax/issues/12868);
@@ -60,49 +60,47 @@ def _make_plain_step(logits_fn):
 def _make_penalty_steps(logits_fn, name: str, every_k: int, mode: str):
   """Training steps with the penalty `name` through `regularizers.add_penalty_gradient`.
 
-  Returns `(tx, {recompute flag: jitted step})`. `mode`:
+  Returns `(tx, {fresh: jitted step})`. `mode`:
     'host': the loss gradient and the penalty share one forward pass
-      (`loss_and_penalty_grads`); the host picks the recompute or the reuse step
-      (`recompute_penalty=True/False`), so no `lax.cond`;
+      (`loss_and_penalty_grads`); the host picks the fresh-penalty or the reuse step, so no
+      `lax.cond`;
     'host_separate': as 'host', but the loss gradient has its own forward pass and the penalty
-      comes from `make_penalty_fn`;
-    'cond': the shared forward pass under `lax.cond(regularizers.penalty_due(...))`, the device
-      picks.
+      comes from `penalty_and_grad`;
+    'cond': the shared forward pass under a `lax.cond` on the update count, the device picks.
   """
-  tx = optax.chain(regularizers.add_penalty_gradient(STRENGTH, every_k=every_k),
+  tx = optax.chain(regularizers.add_penalty_gradient(STRENGTH),
                    optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
 
   def loss_and_grads(params, inputs, labels):
     return jax.value_and_grad(
         lambda p: losses.cross_entropy(logits_fn(p, inputs), labels).mean())(params)
 
-  def make(recompute):
+  def make(fresh):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, inputs, labels, rng):
-      extra = {}
+      penalty = None
       if mode == 'cond':
+        cached = opt_state[0]  # The add_penalty_gradient state.
+
         def with_penalty(p):
-          r = regularizers.loss_and_penalty_grads(name, logits_fn, p, inputs, labels, rng=rng)
-          return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+          (loss, grads, _), penalty = regularizers.loss_and_penalty_grads(
+              name, logits_fn, p, inputs, labels, rng=rng)
+          return (loss, grads), penalty
 
         def without_penalty(p):
-          r = regularizers.loss_and_penalty_grads('none', logits_fn, p, inputs, labels)
-          return (r.loss, r.loss_grads), (r.penalty, r.penalty_grads)
+          return loss_and_grads(p, inputs, labels), (cached.value, cached.grads)
 
-        (loss, grads), penalty = lax.cond(regularizers.penalty_due(opt_state), with_penalty,
+        (loss, grads), penalty = lax.cond(cached.count % every_k == 0, with_penalty,
                                           without_penalty, params)
-        extra['penalty_fn'] = lambda _: penalty
-      elif mode == 'host' and recompute:
-        r = regularizers.loss_and_penalty_grads(name, logits_fn, params, inputs, labels, rng=rng)
-        loss, grads = r.loss, r.loss_grads
-        extra['penalty_fn'] = lambda _: (r.penalty, r.penalty_grads)
+      elif mode == 'host' and fresh:
+        (loss, grads, _), penalty = regularizers.loss_and_penalty_grads(
+            name, logits_fn, params, inputs, labels, rng=rng)
       else:
         loss, grads = loss_and_grads(params, inputs, labels)
-        if recompute:
-          extra['penalty_fn'] = regularizers.make_penalty_fn(name, logits_fn, inputs, labels,
-                                                             rng=rng)
-      updates, opt_state = tx.update(grads, opt_state, params, recompute_penalty=recompute,
-                                     **extra)
+        if fresh:
+          penalty = regularizers.penalty_and_grad(name, logits_fn, params, inputs, labels,
+                                                  rng=rng)
+      updates, opt_state = tx.update(grads, opt_state, params, penalty=penalty)
       return optax.apply_updates(params, updates), opt_state, loss
 
     return step
@@ -139,8 +137,7 @@ def main():
 
     def call(rng):
       for i in range(steps_per_call):
-        flag = (None if None in steps else
-                bool(regularizers.recompute_due(state['count'], every_k=every_k, start_step=0)))
+        flag = None if None in steps else state['count'] % every_k == 0
         state['params'], state['opt_state'], loss = steps[flag](
             state['params'], state['opt_state'], inputs, labels, jax.random.fold_in(rng, i))
         state['count'] += 1

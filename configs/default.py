@@ -57,9 +57,9 @@ def get_config():
   config.measure.hessian_every_epochs = 0  # 0: Tr(H) is not measured.
   config.measure.hessian_probes = 16
   config.measure.hessian_num_examples = 256
-  # Curvature library, second part (curv2); off by default. per_layer: also Tr(F) of every
-  # parameter leaf ('curvature/fisher_trace/<leaf path>', the same per-example pass).
-  config.measure.per_layer = False
+  # Off by default. per_leaf: also Tr(F) of every parameter leaf
+  # ('curvature/fisher_trace/<leaf path>', from the same per-example pass).
+  config.measure.per_leaf = False
   # > 0: every this many epochs, the eigen_k largest Hessian eigenvalues and the Fisher's top
   # eigenvalue by Lanczos with eigen_iterations products each, on the Tr(H) subset
   # (hessian_num_examples): 'curvature/hessian_eigenvalue/<j>', 'curvature/fisher_top_eigenvalue'.

@@ -1,10 +1,10 @@
 """Experiment 10 -- per-step Tr(F) and mini-batch accuracy in the early phase.
 
 Tr(F) is measured after every step (`measure.every_steps=1`) and the training accuracy of every
-mini-batch is logged (`log_every_steps=1`). Groups (`experiment.group`, the config argument's
-second part): 'lr' (two learning rates at batch 128), 'batch_size' (a small vs a large batch at the
-tuned learning rate), 'large_batch_fp' (the large batch with FP strengths). The sweep sets the
-swept value and the run's label (`--config.experiment.variant`).
+mini-batch is logged (`log_every_steps=1`). Groups (`experiment.group`, the config argument
+after the comma): 'lr' (two learning rates at batch 128), 'batch_size' (a small vs a large batch
+at the tuned learning rate), 'large_batch_fp' (the large batch with FP strengths). The sweep sets
+the swept value and the run's label (`--config.experiment.variant`).
 
 Full scale (ours): SimpleCNN on CIFAR-10, lr 0.0316 vs 0.001, batch 128 vs 1024, FP strengths
 {0.01, 0.1, 1} at batch 1024, 10 epochs.

@@ -565,7 +565,7 @@ def check_c5(study: Study, gate: Optional[ClaimResult] = None) -> ClaimResult:
   branches = '; '.join(
       f'{arm}: Tr(H) ' + ', '.join(f'{_number(h, 4)} ± {_number(se, 2)}'
                                    for h, se in zip(g.hessian, g.hessian_se))
-      + f' (± standard error), converged test accuracy '
+      + ' (± standard error), converged test accuracy '
       + stats.format_mean_std(g.converged_test.to_numpy(float))
       for arm, g in rows.groupby('arm'))
   unconverged = rows[rows.status != 'converged'].run.tolist()

@@ -203,7 +203,7 @@ def _plot_curve_grid(runs: Sequence[Run], out_dir: str, name: str, metrics: Sequ
         n = int(c.n.max())
         ax.plot(c.epoch, c['mean'], color=colors[variant], lw=1.6, ls=_style(variant),
                 label=f'{variant} (n = {n})' if n > 1 else variant)
-      for run_name, one in long_broken[(long_broken.group == group) &
+      for _, one in long_broken[(long_broken.group == group) &
                                        (long_broken.metric == metric)].groupby('run'):
         ax.plot(one.epoch, one.value, color='0.5', lw=0.8, ls=':',
                 label='diverged run (not averaged)')
@@ -390,8 +390,7 @@ def plot_fp_start(runs: Sequence[Run], out_dir: str) -> pd.DataFrame:
     fp = p[p.kind == 'fp'].sort_values('start_epoch')
     ax.errorbar(fp.start_epoch, fp['mean'], yerr=fp['std'], fmt='o-', capsize=3,
                 label='FP from epoch e', color=COLORS['fp'])
-    for k, (kind, color) in enumerate((('tuned_lr', COLORS['tuned_lr']),
-                                       ('small_lr', COLORS['small_lr']))):
+    for kind, color in (('tuned_lr', COLORS['tuned_lr']), ('small_lr', COLORS['small_lr'])):
       base = p[p.kind == kind]
       if len(base):
         m, s = float(base['mean'].iloc[0]), float(base['std'].iloc[0])

@@ -194,15 +194,15 @@ def test_unrolled_lanczos_gives_the_loops_numbers(x64):
   params = {'w': jnp.ones((n,), jnp.float64)}
   matvec = lambda v: {'w': a @ v['w']}
   rng = jax.random.PRNGKey(0)
-  for unroll in (False, True):
+  def eigen_and_density(unroll):
     values, vectors = curvature.top_eigenpairs(matvec, params, k=3, rng=rng, num_iterations=8,
                                                unroll=unroll)
     nodes, weights = curvature.spectral_density(matvec, params, rng=rng, num_probes=2,
                                                 num_iterations=6, unroll=unroll)
-    if unroll:
-      for got, want in zip((values, vectors['w'], nodes, weights), reference):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    reference = (values, vectors['w'], nodes, weights)
+    return values, vectors['w'], nodes, weights
+
+  for got, want in zip(eigen_and_density(True), eigen_and_density(False)):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_estimators_reject_bad_arguments():

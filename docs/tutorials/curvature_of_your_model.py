@@ -120,7 +120,7 @@ def train_step(params, opt_state, x, y):
 
 opt_state = tx.init(params)
 order = np.random.default_rng(0)
-for step in range(300):
+for _ in range(300):
   idx = order.choice(len(labels), 128, replace=False)
   params, opt_state, loss_value = train_step(params, opt_state, images[idx], labels[idx])
 accuracy = float(jnp.mean(jnp.argmax(model.apply({'params': params}, images), -1) == labels))

@@ -14,7 +14,6 @@ from fisher_jax.curvature.fisher import (FISHER_ESTIMATORS, batch_fisher_trace, 
                                          fisher_trace, gradient_norm, map_in_chunks,
                                          per_example_grad_sq_norms)
 from fisher_jax.curvature.flax_utils import make_logits_fn
-from fisher_jax.curvature.hessian import (EIGENVALUE_METHODS, HESSIAN_TRACE_METHODS,
-                                          hessian_diagonal, hessian_quadratic_forms,
+from fisher_jax.curvature.hessian import (HESSIAN_TRACE_METHODS, hessian_diagonal,
                                           hessian_top_eigenvalue, hessian_trace, hvp, make_loss_fn)
 from fisher_jax.curvature.operators import fisher_vp, make_fisher_vp, make_hvp

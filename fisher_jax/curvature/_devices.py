@@ -3,6 +3,8 @@
 The mathematics (`fisher.py`, `regularizers/penalties.py`) says what is computed for one
 device's rows; this module says where:
 
+* `split_chunks(xs, chunk_size)`: the full chunks and the rest of a batch (also the probe
+  chunks of `estimators`).
 * `map_in_chunks(fn, xs, chunk_size)`: `jax.vmap(fn)(xs)`, `chunk_size` examples at a time.
 * `map_probes(fn, probes, like, chunk_size)`: `jax.vmap(fn)(probes)` over a leading axis of
   probe vectors (in chunks), or one probe at a time where the parameters `like` live on a mesh
@@ -36,7 +38,7 @@ def check_chunk_size(chunk_size):
                      '(all examples at once).')
 
 
-def _split(xs, chunk_size: int):
+def split_chunks(xs, chunk_size: int):
   """`xs` as full chunks (leaves [n, chunk_size, ...]) and the rest (None if B divides)."""
   batch = jax.tree.leaves(xs)[0].shape[0]
   full = batch // chunk_size * chunk_size
@@ -56,9 +58,9 @@ def map_chunks(chunk_fn: Callable, xs, chunk_size: Optional[int]):
   Consecutive chunks run in a `jax.lax.map` (the last B mod chunk_size examples in one more
   call) and the outputs are concatenated in example order, so peak memory is one chunk's.
   """
-  if _whole(xs, chunk_size):
+  if chunk_size is None or _whole(xs, chunk_size):
     return chunk_fn(xs)
-  chunks, rest = _split(xs, chunk_size)
+  chunks, rest = split_chunks(xs, chunk_size)
   out = jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), jax.lax.map(chunk_fn, chunks))
   if rest is None:
     return out
@@ -93,9 +95,9 @@ def sum_chunks(chunk_sum: Callable, xs, chunk_size: Optional[int]):
   (the per-example values of all B examples never exist together). The sum's order depends on
   `chunk_size` (rounding only).
   """
-  if _whole(xs, chunk_size):
+  if chunk_size is None or _whole(xs, chunk_size):
     return chunk_sum(xs)
-  chunks, rest = _split(xs, chunk_size)
+  chunks, rest = split_chunks(xs, chunk_size)
   first = chunk_sum(jax.tree.map(lambda x: x[0], chunks))
 
   def body(total, chunk):

@@ -209,8 +209,19 @@ def _patches(module: nn.Conv, x: jax.Array, out_spatial) -> jax.Array:
   return patches.reshape((x.shape[0], int(np.prod(out_spatial)), -1))
 
 
-def _reduce(squares, reduction):
-  """`reduction` of per-example squares [b, ...] (already summed over the cotangent rows)."""
+# What a per-example pass keeps of the squared gradient entries g ⊙ g (summed over the examples
+# of a chunk, and over the cotangent rows): 'total' their sum over all P parameters (a scalar),
+# 'per_leaf' their sum per parameter leaf (a pytree like params of scalars), 'elementwise' all
+# of them (diag F, a pytree like params), or 'rows' the total per example ([b], not summed over
+# the examples). All come from the same backward passes: per-leaf Tr(F) and diag F cost what
+# Tr(F) costs. Both engines (this module's and fisher.py's vmap) reduce with the two functions
+# below.
+REDUCTIONS = ('total', 'per_leaf', 'elementwise', 'rows')
+
+
+def reduce_leaf(squares, reduction):
+  """One leaf's per-example squares [b, ...] (summed over the cotangent rows) reduced:
+  'rows' [b], 'elementwise' [...] (summed over b), 'total' and 'per_leaf' [] (summed)."""
   if reduction == 'rows':
     return jnp.sum(squares.reshape((squares.shape[0], -1)), axis=1)
   if reduction == 'elementwise':
@@ -218,19 +229,31 @@ def _reduce(squares, reduction):
   return jnp.sum(squares)
 
 
-def _layer_squares(call: _Call, deltas: jax.Array, reduction: str, dtype):
+def combine_leaves(values, params, reduction):
+  """The reduced leaves (a list in `jax.tree.leaves(params)` order) as the reduction's result:
+  their sum ('total', 'rows'), or a pytree like params ('per_leaf', 'elementwise')."""
+  if reduction in ('total', 'rows'):
+    return sum(values)
+  leaves, treedef = jax.tree.flatten(params)
+  if reduction == 'per_leaf':
+    return jax.tree.unflatten(treedef, values)
+  return jax.tree.unflatten(treedef, [v.astype(leaf.dtype).reshape(leaf.shape)
+                                      for v, leaf in zip(values, leaves)])
+
+
+def _one_layer_grad_squares(call: _Call, deltas: jax.Array, reduction: str, dtype):
   """{leaf index: value} of one layer for `reduction`, from δ [R, b, *out, C_out]."""
   module, b = call.module, deltas.shape[1]
   deltas = deltas.astype(dtype).reshape((deltas.shape[0], b, -1, deltas.shape[-1]))
   out = {}
   if 'bias' in call.leaves:  # ∇_b CE_i = Σ_n δ_in
-    out[call.leaves['bias']] = _reduce(jnp.sum(jnp.sum(deltas, axis=2) ** 2, axis=0), reduction)
+    out[call.leaves['bias']] = reduce_leaf(jnp.sum(jnp.sum(deltas, axis=2) ** 2, axis=0), reduction)
   if isinstance(module, nn.BatchNorm):  # y = x̂ ⊙ scale + bias: ∇_scale CE_i = Σ_n x̂_in ⊙ δ_in
     if 'scale' in call.leaves:
       mean, var = (s.astype(dtype) for s in call.stats)
       normalized = (call.inputs.astype(dtype) - mean) * lax.rsqrt(var + module.epsilon)
       grads = jnp.einsum('bnc,rbnc->rbc', normalized.reshape(deltas.shape[1:]), deltas)
-      out[call.leaves['scale']] = _reduce(jnp.sum(grads ** 2, axis=0), reduction)
+      out[call.leaves['scale']] = reduce_leaf(jnp.sum(grads ** 2, axis=0), reduction)
     return out
   if isinstance(module, nn.Conv):
     acts = _patches(module, call.inputs.astype(dtype), call.outputs.shape[1:-1])
@@ -245,12 +268,12 @@ def _layer_squares(call: _Call, deltas: jax.Array, reduction: str, dtype):
       value = rows if reduction == 'rows' else jnp.sum(rows)
   else:  # ∇_W CE_i = Σ_n a_in ⊗ δ_in, [b, K, C_out] per cotangent row
     grads = jnp.einsum('bnk,rbnc->rbkc', acts, deltas, precision=module.precision)
-    value = _reduce(jnp.sum(grads ** 2, axis=0), reduction)
+    value = reduce_leaf(jnp.sum(grads ** 2, axis=0), reduction)
   out[call.leaves['kernel']] = value
   return out
 
 
-def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction: str):
+def grad_squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction: str):
   """The per-example squared gradients g ⊙ g of a covered model, reduced.
 
   Args:
@@ -264,7 +287,7 @@ def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction
       params of scalars), 'elementwise' (Σ_i Σ_r g_ri ⊙ g_ri, a pytree like params) or 'rows'
       (Σ_r ‖g_ri‖² per example, [b]).
   """
-  leaves, treedef = jax.tree.flatten(params)
+  leaves = jax.tree.leaves(params)
   shapes = jax.eval_shape(lambda p, x: [c.outputs for c in forward(logits_fn, p, x)[1]],
                           params, inputs)
   # Inside shard_map the perturbations must vary over the devices like the examples do: the
@@ -290,10 +313,5 @@ def squares(logits_fn: Callable, params, inputs, cotangents: Callable, reduction
     if not call.leaves:  # e.g. a BatchNorm without scale and bias
       continue
     dtype = jnp.result_type(*(leaves[i] for i in call.leaves.values()))
-    values.update(_layer_squares(call._replace(inputs=x), delta, reduction, dtype))
-  if reduction in ('total', 'rows'):
-    return sum(values.values())
-  if reduction == 'per_leaf':
-    return jax.tree.unflatten(treedef, [values[i] for i in range(len(leaves))])
-  return jax.tree.unflatten(treedef, [values[i].astype(leaf.dtype).reshape(leaf.shape)
-                                      for i, leaf in enumerate(leaves)])
+    values.update(_one_layer_grad_squares(call._replace(inputs=x), delta, reduction, dtype))
+  return combine_leaves([values[i] for i in range(len(leaves))], params, reduction)

@@ -86,8 +86,7 @@ def _mean_and_stderr(fn: Callable, probes, chunk_size: Optional[int], like):
   if chunk_size is None or chunk_size >= num:
     _, mean, m2 = stats(probes)
   else:
-    full = num // chunk_size * chunk_size
-    chunks = jax.tree.map(lambda x: x[:full].reshape((-1, chunk_size) + x.shape[1:]), probes)
+    chunks, rest = _devices.split_chunks(probes, chunk_size)
     first = stats(jax.tree.map(lambda x: x[0], chunks))
 
     def body(acc, chunk_index):  # chunk i + 1 joins the merged statistics of i + 1 chunks
@@ -95,13 +94,19 @@ def _mean_and_stderr(fn: Callable, probes, chunk_size: Optional[int], like):
       count = (index + 1) * chunk_size
       _, mean, m2 = merge((count, acc[0], acc[1]), stats(chunk))
       return (mean, m2), None
-    rest = jax.tree.map(lambda x: x[1:], chunks)
     indices = jnp.arange(num // chunk_size - 1, dtype=jax.tree.leaves(first[1])[0].dtype)
-    (mean, m2), _ = jax.lax.scan(body, first[1:], (indices, rest))
-    if full < num:
-      _, mean, m2 = merge((full, mean, m2), stats(jax.tree.map(lambda x: x[full:], probes)))
+    (mean, m2), _ = jax.lax.scan(body, first[1:],
+                                 (indices, jax.tree.map(lambda x: x[1:], chunks)))
+    if rest is not None:
+      _, mean, m2 = merge((num // chunk_size * chunk_size, mean, m2), stats(rest))
   stderr = jax.tree.map(lambda x: jnp.sqrt(x / (num - 1) / num), m2)
   return mean, stderr
+
+
+def _flat_matvec(matvec, params):
+  """`(flat [P], unravel, f -> M f)`: the parameters and `matvec` on flat vectors [P]."""
+  flat, unravel = ravel_pytree(params)
+  return flat, unravel, lambda f: ravel_pytree(matvec(unravel(f)))[0]
 
 
 def _tree_sum(tree):
@@ -149,9 +154,8 @@ def trace_estimate(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
     return (mean[0], stderr[0]) if per_leaf else (mean, stderr)
   if method == 'hutch++':
     _check_count('num_probes', num_probes, 3, f'method={method!r}')
-    flat, unravel = ravel_pytree(params)
-    matmat = lambda vs: _devices.map_probes(  # noqa: E731  [n, P] -> [n, P]
-        lambda v: ravel_pytree(matvec(unravel(v)))[0], vs, params)
+    flat, unravel, flat_matvec = _flat_matvec(matvec, params)
+    matmat = lambda vs: _devices.map_probes(flat_matvec, vs, params)  # noqa: E731  [n, P]
     num_sketch = num_probes // 3
     num_residual = num_probes - 2 * num_sketch
     k_sketch, k_residual = jax.random.split(rng)
@@ -162,12 +166,14 @@ def trace_estimate(matvec: Matvec, params, *, rng: jax.Array, num_probes: int,
     top = jnp.sum(q.T * matmat(q.T), axis=0)  # [P]: Σ_j q_j ⊙ M q_j, sums to Tr(Qᵀ M Q)
     residual = g * matmat(g)  # [K, P]: h_k ⊙ M h_k
     if not per_leaf:
-      forms = jnp.sum(residual, axis=1)
-      return jnp.sum(top) + jnp.mean(forms), jnp.std(forms, ddof=1) / math.sqrt(num_residual)
+      residual_forms = jnp.sum(residual, axis=1)
+      return (jnp.sum(top) + jnp.mean(residual_forms),
+              jnp.std(residual_forms, ddof=1) / math.sqrt(num_residual))
     top_blocks = jax.tree.map(jnp.sum, unravel(top))
-    forms = _leaf_sums(jax.vmap(unravel)(residual))  # leaves [K]
-    estimate = jax.tree.map(lambda t, f: t + jnp.mean(f), top_blocks, forms)
-    return estimate, jax.tree.map(lambda f: jnp.std(f, ddof=1) / math.sqrt(num_residual), forms)
+    leaf_forms = _leaf_sums(jax.vmap(unravel)(residual))  # leaves [K]
+    estimate = jax.tree.map(lambda t, f: t + jnp.mean(f), top_blocks, leaf_forms)
+    return estimate, jax.tree.map(lambda f: jnp.std(f, ddof=1) / math.sqrt(num_residual),
+                                  leaf_forms)
   raise ValueError(f'method={method!r} is unknown; choose one of {list(TRACE_METHODS)}.')
 
 
@@ -192,11 +198,6 @@ def diagonal_estimate(matvec: Matvec, params, *, rng: jax.Array, num_probes: int
   probes = rademacher_probes(rng, params, num_probes)
   return _mean_and_stderr(lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), probes,
                           chunk_size, params)
-
-
-def _flat_matvec(matvec, params):
-  flat, unravel = ravel_pytree(params)
-  return flat, unravel, lambda f: ravel_pytree(matvec(unravel(f)))[0]
 
 
 def _lanczos(flat_matvec, v0, num_iterations, rng, unroll=False):

@@ -64,15 +64,6 @@ def _sq_norm(tree):
   return optax.tree.norm(tree, squared=True)
 
 
-# What the per-example pass keeps of the squared gradient entries g ⊙ g (a pytree like params):
-# their sum over all P parameters, their sums per leaf, or all of them (the diagonal). The
-# three come from the same backward passes: per-leaf Tr(F) and diag F cost what Tr(F) costs.
-_REDUCTIONS = {
-    'total': lambda squares: sum(jnp.sum(x) for x in jax.tree.leaves(squares)),
-    'per_leaf': lambda squares: jax.tree.map(jnp.sum, squares),
-    'elementwise': lambda squares: squares,
-}
-
 ENGINES = ('auto', 'layers', 'vmap')
 
 
@@ -131,21 +122,27 @@ def _use_layers(caller, engine, logits_fn, params, inputs) -> bool:
   return reason is None
 
 
-def _per_example_squares(logits_fn, rows, reduce):
-  """The vmap engine: `one(params, (x, extra))`, `reduce` of Σ_r g_r ⊙ g_r of one example."""
+def _vmap_grad_squares(logits_fn, rows, reduction):
+  """The vmap engine: `one(params, (x, extra))`, Σ_r g_r ⊙ g_r of one example reduced by
+  `reduction` (`_layers.REDUCTIONS`; 'rows' is 'total' here: `map_examples` maps it)."""
+  reduction = 'total' if reduction == 'rows' else reduction
+
   def one(p, example):
     x, extra = example
     z, vjp = jax.vjp(lambda q: logits_fn(q, x[None]), p)
     cotangents = rows(z, jax.tree.map(lambda e: e[None], extra))[:, 0]  # [R, C]
     if cotangents.shape[0] == 1:
       (grads,) = vjp(cotangents)
-      return reduce(jax.tree.map(lambda g: g * g, grads))
-    (grads,) = jax.vmap(vjp)(cotangents[:, None])
-    return reduce(jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads))
+      squares = [g[None] * g[None] for g in jax.tree.leaves(grads)]  # [1, ...] per leaf
+    else:
+      (grads,) = jax.vmap(vjp)(cotangents[:, None])
+      squares = [jnp.sum(g * g, axis=0)[None] for g in jax.tree.leaves(grads)]
+    return _layers.combine_leaves([_layers.reduce_leaf(x, reduction) for x in squares], p,
+                                  reduction)
   return one
 
 
-def _chunk_squares(logits_fn, rows, reduction):
+def _layers_grad_squares(logits_fn, rows, reduction):
   """The layers engine: the chunk function `(params, (x, extra), weights) -> ` the sum over
   the chunk's examples (`reduction` 'rows': per example, without weights)."""
   def chunk(p, example, weights=None):
@@ -154,17 +151,16 @@ def _chunk_squares(logits_fn, rows, reduction):
     def cotangents(z):
       u = rows(z, extra)
       return u if weights is None else jnp.where(weights[None, :, None], u, 0)
-    return _layers.squares(logits_fn, p, x, cotangents, reduction)
+    return _layers.grad_squares(logits_fn, p, x, cotangents, reduction)
   return chunk
 
 
-def _squares_pass(caller, engine, logits_fn, params, inputs, rows, reduction):
+def _grad_squares_fn(caller, engine, logits_fn, params, inputs, rows, reduction):
   """`(fn, batched)` for `_devices.map_examples` / `sum_examples`: the engine's function of the
   squared gradients at cotangent `rows`, reduced by `reduction` ('rows': per example)."""
   if _use_layers(caller, engine, logits_fn, params, inputs):
-    return _chunk_squares(logits_fn, rows, reduction), True
-  per_example = _REDUCTIONS['total' if reduction == 'rows' else reduction]
-  return _per_example_squares(logits_fn, rows, per_example), False
+    return _layers_grad_squares(logits_fn, rows, reduction), True
+  return _vmap_grad_squares(logits_fn, rows, reduction), False
 
 
 def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
@@ -187,20 +183,20 @@ def per_example_grad_sq_norms(logits_fn: LogitsFn, params, inputs, labels, *,
     [B]: ‖∇θ CE(x_i, y_i)‖², a sum of squares over all P parameters, one per example (no
     average). The full [B, P] Jacobian is never formed beyond one chunk.
   """
-  fn, batched = _squares_pass('per_example_grad_sq_norms', engine, logits_fn, params, inputs,
+  fn, batched = _grad_squares_fn('per_example_grad_sq_norms', engine, logits_fn, params, inputs,
                               _label_rows, 'rows')
   return _devices.map_examples(fn, params, (inputs, labels), chunk_size,
                                _core.batch_axes(axis_name), batched=batched)
 
 
-def _fisher_mean(caller, logits_fn, params, inputs, estimator, rng, labels, chunk_size,
+def _fisher_mean(logits_fn, params, inputs, *, caller, estimator, rng, labels, chunk_size,
                  axis_name, reduction, engine):
   """The mean over the (global) batch of `reduction` of the per-example squared gradients at
   the estimator's labels: the one per-example pass behind fisher_trace and fisher_diagonal,
   summed chunk by chunk (`_devices.sum_examples`: memory holds one chunk's squares)."""
   axes = _core.batch_axes(axis_name)
   rows, extra = _estimator(caller, estimator, params, inputs, logits_fn, rng, labels, axes)
-  fn, batched = _squares_pass(caller, engine, logits_fn, params, inputs, rows, reduction)
+  fn, batched = _grad_squares_fn(caller, engine, logits_fn, params, inputs, rows, reduction)
   total = _devices.sum_examples(fn, params, (inputs, extra), chunk_size, axes, batched=batched)
   rows_here = jax.tree.leaves(inputs)[0].shape[0]  # this device's inside shard_map, else all
   return _core.global_mean(jax.tree.map(lambda x: x / rows_here, total), axes)
@@ -247,8 +243,9 @@ def fisher_trace(logits_fn: LogitsFn, params, inputs, *, estimator: str,
   Raises:
     ValueError: unknown estimator, or the argument the estimator needs is missing.
   """
-  return _fisher_mean('fisher_trace', logits_fn, params, inputs, estimator, rng, labels,
-                      chunk_size, axis_name, 'per_leaf' if per_leaf else 'total', engine)
+  return _fisher_mean(logits_fn, params, inputs, caller='fisher_trace', estimator=estimator,
+                      rng=rng, labels=labels, chunk_size=chunk_size, axis_name=axis_name,
+                      reduction='per_leaf' if per_leaf else 'total', engine=engine)
 
 
 def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
@@ -285,8 +282,9 @@ def fisher_diagonal(logits_fn: LogitsFn, params, inputs, *, estimator: str,
   Raises:
     ValueError: unknown estimator, or the argument the estimator needs is missing.
   """
-  return _fisher_mean('fisher_diagonal', logits_fn, params, inputs, estimator, rng, labels,
-                      chunk_size, axis_name, 'elementwise', engine)
+  return _fisher_mean(logits_fn, params, inputs, caller='fisher_diagonal', estimator=estimator,
+                      rng=rng, labels=labels, chunk_size=chunk_size, axis_name=axis_name,
+                      reduction='elementwise', engine=engine)
 
 
 def batch_grad_sq_norm(logits_fn: LogitsFn, params, inputs, labels: _core.LabelsArg, *,

@@ -81,7 +81,7 @@ def make_logits_fn(model, batch_stats: Optional[Any] = None, *,
   if batch_stats is not None:
     extra['batch_stats'] = batch_stats
 
-  def logits_fn(params, inputs):
-    return apply({'params': params, **extra}, inputs, **kwargs)
+  def logits_fn(params, inputs) -> jax.Array:
+    return apply({'params': params, **extra}, inputs, **kwargs)  # pyright: ignore[reportReturnType]
 
   return logits_fn

@@ -18,18 +18,14 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax.flatten_util import ravel_pytree
 
 from fisher_jax import losses
-from fisher_jax.curvature import _devices
 from fisher_jax.curvature import estimators
 from fisher_jax.curvature import operators
 
 LossFn = Callable[..., jax.Array]
 
 HESSIAN_TRACE_METHODS = estimators.TRACE_METHODS
-EIGENVALUE_METHODS = ('lanczos', 'power')
 
 
 def make_loss_fn(logits_fn, inputs, labels) -> LossFn:
@@ -55,25 +51,6 @@ def hvp(loss_fn: LossFn, params, v):
     H v, a pytree shaped like `params`.
   """
   return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
-
-
-def hessian_quadratic_forms(loss_fn: LossFn, params, probes, *,
-                            chunk_size: Optional[int] = None) -> jax.Array:
-  """vᵀ H v for a batch of probe vectors, sharing one linearization.
-
-  Args:
-    loss_fn: `loss_fn(params) -> scalar`.
-    params: the parameter pytree θ.
-    probes: pytree shaped like `params` with a leading axis of N probes (leaves [N, ...]).
-    chunk_size: probes per vmapped product (bounds memory); None: all N at once.
-
-  Returns:
-    [N]: v_nᵀ H v_n, each a sum over all P parameters.
-  """
-  product = operators.make_hvp(loss_fn, params)
-  return _devices.map_probes(lambda v: optax.tree.vdot(v, product(v)), probes, params,
-                             chunk_size)
-
 
 
 def hessian_trace(loss_fn: LossFn, params, *, rng: jax.Array, num_probes: int,
@@ -131,48 +108,13 @@ def hessian_diagonal(loss_fn: LossFn, params, *, rng: jax.Array, num_probes: int
                                       num_probes=num_probes, chunk_size=chunk_size)
 
 
-def hessian_top_eigenvalue(loss_fn: LossFn, params, *, rng: jax.Array, num_iterations: int = 20,
-                           method: str = 'lanczos') -> jax.Array:
-  """Top eigenvalue of H = ∇²θ loss_fn(θ) from `num_iterations` Hessian-vector products.
+def hessian_top_eigenvalue(loss_fn: LossFn, params, *, rng: jax.Array,
+                           num_iterations: int = 20) -> jax.Array:
+  """Top eigenvalue of H = ∇²θ loss_fn(θ): `top_eigenpairs` of `make_hvp(loss_fn, params)`.
 
-  'lanczos': `estimators.top_eigenpairs(make_hvp(loss_fn, params), k=1)`, the largest Ritz
-    value of the Krylov space of the products, with full reorthogonalization (stores
-    `num_iterations` vectors of size P); exact once the number of iterations reaches P (it is
-    capped there), and converging much faster than power iteration.
-  'power': power iteration v ← Hv/‖Hv‖ from a random start; returns the Rayleigh quotient vᵀHv
-    of the last iterate, which converges to the eigenvalue of largest magnitude (the top one
-    unless H has a larger negative eigenvalue).
-
-  Args:
-    loss_fn: `loss_fn(params) -> scalar`.
-    params: the parameter pytree θ.
-    rng: PRNG key for the random start vector.
-    num_iterations: number of Hessian-vector products (>= 1).
-    method: 'lanczos' or 'power'.
-
-  Returns:
-    Scalar eigenvalue estimate.
-
-  Raises:
-    ValueError: unknown method or num_iterations < 1.
+  Lanczos with full reorthogonalization from a random start (`estimators.top_eigenpairs`,
+  k=1): the largest Ritz value of the Krylov space of `num_iterations` Hessian-vector
+  products (>= 1; capped at P, where it is exact to rounding).
   """
-  if method not in EIGENVALUE_METHODS:
-    raise ValueError(f'method={method!r} is unknown; choose one of {list(EIGENVALUE_METHODS)}.')
-  product = operators.make_hvp(loss_fn, params)
-  if method == 'lanczos':
-    values, _ = estimators.top_eigenpairs(product, params, k=1, rng=rng,
-                                          num_iterations=num_iterations)
-    return values[0]
-  if not isinstance(num_iterations, int) or num_iterations < 1:
-    raise ValueError(f'num_iterations={num_iterations!r} is too small for method={method!r}; '
-                     'pass an int >= 1.')
-  flat, unravel = ravel_pytree(params)
-  matvec = lambda v: ravel_pytree(product(unravel(v)))[0]
-  v0 = jax.random.normal(rng, flat.shape, flat.dtype)
-  v0 = v0 / jnp.linalg.norm(v0)
-
-  def power_step(_, v):
-    hv = matvec(v)
-    return hv / jnp.linalg.norm(hv)
-  v = jax.lax.fori_loop(0, num_iterations - 1, power_step, v0)
-  return jnp.vdot(v, matvec(v))
+  return estimators.top_eigenpairs(operators.make_hvp(loss_fn, params), params, k=1, rng=rng,
+                                   num_iterations=num_iterations)[0][0]

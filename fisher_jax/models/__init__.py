@@ -55,7 +55,31 @@ def available_models():
 
 
 def register_model(name: str, constructor: Callable[..., nn.Module]):
-  """Adds `constructor(num_classes, **kwargs)` to the registry under `name`."""
+  """Adds a model family of your own to the registry, so that configs can name it.
+
+  ```
+  class Linear(nn.Module):
+    num_classes: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(self.num_classes, use_bias=self.use_bias)(x.reshape(len(x), -1))
+
+  models.register_model('linear', Linear)   # then config.model.name = 'linear'
+  ```
+
+  Args:
+    name: the `config.model.name` to register, not yet taken (see `available_models()`).
+    constructor: `constructor(num_classes=..., **kwargs) -> nn.Module` (a flax module class or a
+      function); its other keyword arguments are the family's options (`config.model.*`), and
+      `get_model` rejects any other.
+
+  Raises:
+    ValueError: `name` is already registered.
+  """
+  if name in _REGISTRY:
+    raise ValueError(f'model name {name!r} is already registered; choose another name.')
   _REGISTRY[name] = constructor
 
 

@@ -66,7 +66,9 @@ class DenseNet(nn.Module):
     if self.stem == 'imagenet':
       x = _conv(self.init_features, 7, self.dtype, strides=2)(x)
       x = nn.relu(layers.batch_norm(train, self.dtype)(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      # flax annotates padding as str, but documents and takes (low, high) pairs too.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                      padding=((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
     else:
       x = _conv(self.init_features, 3, self.dtype)(x)
     for block, num_layers in enumerate(self.block_sizes):

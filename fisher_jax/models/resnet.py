@@ -99,7 +99,9 @@ class ResNet(nn.Module):
       x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
                   kernel_init=layers.CONV_INIT_FAN_OUT, dtype=self.dtype)(x)
       x = nn.relu(layers.batch_norm(train, self.dtype)(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      # flax annotates padding as str, but documents and takes (low, high) pairs too.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                      padding=((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
     else:
       x = nn.Conv(self.width, (3, 3), strides=1, padding=1, use_bias=False,
                   kernel_init=layers.CONV_INIT_FAN_OUT, dtype=self.dtype)(x)

@@ -44,7 +44,7 @@ class VGG(nn.Module):
         # 'SAME' equals the reference's unpadded pooling on even sizes and keeps a 1x1 map.
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
         continue
-      x = nn.Conv(spec, (3, 3), padding=1, kernel_init=layers.CONV_INIT_FAN_OUT,
+      x = nn.Conv(int(spec), (3, 3), padding=1, kernel_init=layers.CONV_INIT_FAN_OUT,
                   dtype=self.dtype)(x)
       if self.batch_norm:
         x = layers.batch_norm(train, self.dtype)(x)

@@ -16,9 +16,6 @@ through the sampling), the penalties of `config.regularizer.name` are
 The values are the curvature functions': `fp` is `curvature.batch_fisher_trace` and
 `fp_per_example` is `curvature.fisher_trace(estimator='sampled')` for the same inputs and rng.
 
-`fp_exact` is the deprecated name of `fp_per_example` (it warns once): the penalty is the
-per-example SAMPLED form, not the expectation over classes that `estimator='exact'` means.
-
 Sampled labels are `jax.random.categorical(rng, logits)` over the logits [B, C] of the whole
 global batch; random labels are `jax.random.randint(rng, (B,), 0, C)`. Both, the mean-CE
 gradient, the device-varying cast and the global mean come from `fisher_jax.curvature._core`,
@@ -42,26 +39,24 @@ batch, identical on every device: g is `pmean`ed before the Hessian-vector produ
 per-example means are `pmean`ed, and sampled/random labels equal those one device would draw
 for the whole batch (each device draws the global batch's noise and keeps its rows).
 
-How a training step uses this module (one device's view, inside `shard_map` over 'data'):
+How a training step uses this module (one device's view, inside `shard_map` over 'data'): on
+the steps where it wants a fresh penalty (every `every_k` steps, say) it computes the penalty
+with the loss gradient, sharing one forward pass, and hands it to the transformation
+`regularizers.add_penalty_gradient`; on the others it passes nothing and the cached gradient is
+reused:
 
 ```
-tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=spe, num_epochs=n)
-penalty_fn = regularizers.make_penalty_fn(run.regularizer.name, logits_fn, inputs, labels,
-                                          rng=step_rng, axis_name='data')
-grads = lax.pmean(local_loss_grads, 'data')
-updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
-penalty_value = regularizers.latest_penalty(opt_state)  # logged as regularizer/penalty
+(loss, grads, logits), penalty = regularizers.loss_and_penalty_grads(
+    'fp', logits_fn, params, inputs, labels, rng=step_rng, axis_name='data')
+updates, opt_state = tx.update(grads, opt_state, params, penalty=penalty)
 ```
 
-(`optim` is the trainer's `fisher_jax.training.optim`; `add_penalty_gradient`, the
-transformation it chains, is `fisher_jax.regularizers.transform`'s.) The transformation calls
-`penalty_fn(params)` only on the steps where the penalty is recomputed
-(`every_k`). A step that wants the loss gradient and the penalty to share one forward pass uses
-`loss_and_penalty_grads` under its own `lax.cond` (see its docstring).
+`penalty`, `penalty_and_grad` and `loss_and_penalty_grads` are three views of ONE computation
+(`_evaluate`): the value, its gradient and the loss gradient of the same forward pass. Under
+`jax.jit` what a view leaves out is dead code, which XLA removes.
 """
 
-from typing import Any, Callable, NamedTuple
-import warnings
+from typing import Any, Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,53 +64,23 @@ import optax
 
 from fisher_jax import losses
 from fisher_jax.curvature import _core
-from fisher_jax.curvature import fisher
 
 NAMES = ('none', 'fp', 'fp_per_example', 'gp', 'gpr', 'gpx')
-# Old name -> name. 'fp_exact' was the per-example FP; 'exact' means the expectation over the
-# classes in `curvature.fisher_trace(estimator='exact')`, which this penalty is not.
-DEPRECATED_NAMES = {'fp_exact': 'fp_per_example'}
 # Penalties summed over per-example terms: their logits_fn must be per-example independent
 # (BatchNorm in eval mode); the others may use the training forward pass.
 PER_EXAMPLE = ('fp_per_example', 'gpx')
 
 _GRADIENT_NORM = ('fp', 'gp', 'gpr')
-_warned = set()
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
-class LossAndPenalty(NamedTuple):
-  """Result of `loss_and_penalty_grads` (global-batch values).
-
-  Attributes:
-    loss: [] mean cross-entropy with the true labels.
-    loss_grads: gradient of `loss`, shaped like params.
-    logits: [b, C] this device's logits (for accuracy).
-    penalty: [] the penalty value P(theta).
-    penalty_grads: grad_theta P, shaped like params.
-  """
-  loss: jax.Array
-  loss_grads: Any
-  logits: jax.Array
-  penalty: jax.Array
-  penalty_grads: Any
-
-
 def validate_name(name: str) -> str:
-  """The regularizer `name` stands for (a deprecated name warns once and maps to its new one).
+  """`name` if it is a regularizer's name.
 
   Raises:
     ValueError: naming `regularizer.name` when `name` is not a regularizer.
   """
-  if name in DEPRECATED_NAMES:
-    new = DEPRECATED_NAMES[name]
-    if name not in _warned:
-      _warned.add(name)
-      warnings.warn(f'regularizer.name={name!r} is deprecated; it is the per-example Fisher '
-                    f'penalty, now named {new!r} (set regularizer.name={new!r}).',
-                    FutureWarning, stacklevel=2)  # FutureWarning: shown to users by default.
-    return new
   if name not in NAMES:
     raise ValueError(f'regularizer.name={name!r} is unknown; choose one of {list(NAMES)}.')
   return name
@@ -143,15 +108,13 @@ def _loss_aux(logits, pullback, labels):
   return _mean_ce(logits, labels), loss_grads, logits
 
 
-def _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes, with_loss):
+def _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes):
   """`fp`, `gp`, `gpr`: P = ||g||^2 and grad P = 2 H g, forward-over-reverse."""
   penalty_labels = _penalty_labels(name, labels, rng, axes)
 
   def local_grad(p):
     # One forward pass; the loss gradient (true labels) and g pull back through it.
     g, logits, pullback = _core.mean_ce_grad(logits_fn, p, inputs, penalty_labels)
-    if not with_loss:
-      return g, None
     if name == 'gp':
       return g, (_mean_ce(logits, labels), g, logits)
     return g, _loss_aux(logits, pullback, labels)
@@ -159,13 +122,13 @@ def _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes, with_loss
   g_local, hvp_local, aux = jax.linearize(local_grad, _core.as_varying(params, axes),
                                           has_aux=True)
   g = _core.global_mean(g_local, axes)
-  value = optax.tree_utils.tree_vdot(g, g)
+  value = jnp.asarray(optax.tree_utils.tree_vdot(g, g))
   hg = _core.global_mean(hvp_local(_core.as_varying(g, axes)), axes)
   grads = jax.tree.map(lambda h: 2 * h, hg)
   return value, grads, aux
 
 
-def _fp_per_example(logits_fn, params, inputs, labels, rng, axes, with_loss):
+def _fp_per_example(logits_fn, params, inputs, labels, rng, axes):
   """(1/B) sum_i ||g_i||^2 and its gradient (2/B) sum_i H_i g_i (vmap of linearize)."""
   params = _core.as_varying(params, axes)
   logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), params)
@@ -177,14 +140,9 @@ def _fp_per_example(logits_fn, params, inputs, labels, rng, axes, with_loss):
     return optax.tree_utils.tree_vdot(g_i, g_i), hvp_i(g_i)
 
   sq_norms, hg = jax.vmap(per_example)(inputs, sampled)
-  value = _core.global_mean(sq_norms.mean(), axes)
+  value = _core.global_mean(jnp.mean(sq_norms), axes)
   grads = _core.global_mean(jax.tree.map(lambda h: 2 * h.mean(0), hg), axes)
-  aux = _loss_aux(logits, pullback, labels) if with_loss else None
-  return value, grads, aux
-
-
-def _summed_ce(logits_fn, params, inputs, labels):
-  return losses.cross_entropy(logits_fn(params, inputs), labels).sum()
+  return value, grads, _loss_aux(logits, pullback, labels)
 
 
 def _check_floating_inputs(inputs):
@@ -193,7 +151,7 @@ def _check_floating_inputs(inputs):
                      f'{inputs.dtype}; pass floating-point (normalized) inputs.')
 
 
-def _gpx(logits_fn, params, inputs, labels, axes, with_loss):
+def _gpx(logits_fn, params, inputs, labels, axes):
   """(1/B) sum_i ||u_i||^2, u_i = grad_x CE_i, and its gradient (2/B) (d grad_theta/dx) u."""
   _check_floating_inputs(inputs)
   params = _core.as_varying(params, axes)
@@ -213,40 +171,30 @@ def _gpx(logits_fn, params, inputs, labels, axes, with_loss):
                                                                     has_aux=True)
   value = _core.global_mean(jnp.sum(u * u) / b, axes)
   grads = _core.global_mean(jax.tree.map(lambda h: 2 * h / b, dtheta_grad_dx(u)), axes)
-  aux = None
-  if with_loss:
-    aux = (loss_sum / b, jax.tree.map(lambda h: h / b, g_theta), logits)
-  return value, grads, aux
+  return value, grads, (loss_sum / b, jax.tree.map(lambda h: h / b, g_theta), logits)
 
 
-def _gpx_value(logits_fn, params, inputs, labels, axes):
-  _check_floating_inputs(inputs)
-  params = _core.as_varying(params, axes)
-  u = jax.grad(lambda x: _summed_ce(logits_fn, params, x, labels))(inputs)
-  return _core.global_mean(jnp.sum(u * u) / inputs.shape[0], axes)
+def _evaluate(name, logits_fn, params, inputs, labels, rng, axis_name):
+  """The one computation behind `penalty`, `penalty_and_grad` and `loss_and_penalty_grads`.
 
-
-def _zero(params):
-  return jnp.zeros([], jnp.result_type(*jax.tree.leaves(params)))
-
-
-def _value_grads_aux(name, logits_fn, params, inputs, labels, rng, axis_name, with_loss):
+  Returns:
+    `(value, grads, (loss, loss_grads, logits))`: the penalty of the global batch and its
+    gradient, and this device's mean cross-entropy at the true labels, its gradient (both not
+    yet averaged over devices) and its logits [b, C], all from the penalty's forward pass.
+  """
   name = validate_name(name)
   axes = _core.batch_axes(axis_name)
-  if name in _GRADIENT_NORM or name == 'fp_per_example':
-    _penalty_labels(name, labels, rng, axes)  # Checks rng.
   if name in _GRADIENT_NORM:
-    return _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes, with_loss)
+    return _gradient_norm(name, logits_fn, params, inputs, labels, rng, axes)
   if name == 'fp_per_example':
-    return _fp_per_example(logits_fn, params, inputs, labels, rng, axes, with_loss)
+    _penalty_labels(name, labels, rng, axes)  # Checks rng.
+    return _fp_per_example(logits_fn, params, inputs, labels, rng, axes)
   if name == 'gpx':
-    return _gpx(logits_fn, params, inputs, labels, axes, with_loss)
+    return _gpx(logits_fn, params, inputs, labels, axes)
   # 'none'
-  aux = None
-  if with_loss:
-    logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), _core.as_varying(params, axes))
-    aux = _loss_aux(logits, pullback, labels)
-  return _zero(params), jax.tree.map(jnp.zeros_like, params), aux
+  logits, pullback = jax.vjp(lambda q: logits_fn(q, inputs), _core.as_varying(params, axes))
+  zero = jnp.zeros([], jnp.result_type(*jax.tree.leaves(params)))
+  return zero, jax.tree.map(jnp.zeros_like, params), _loss_aux(logits, pullback, labels)
 
 
 def penalty(name: str, logits_fn: LogitsFn, params, inputs: jax.Array, labels: jax.Array, *,
@@ -255,12 +203,13 @@ def penalty(name: str, logits_fn: LogitsFn, params, inputs: jax.Array, labels: j
 
   The values are the curvature functions': 'fp' is `curvature.batch_fisher_trace`,
   'fp_per_example' is `curvature.fisher_trace(estimator='sampled')` (same params, inputs and
-  rng), 'gp' and 'gpr' the squared norm of the mean gradient at true and random labels.
-  Differentiable with `jax.grad` (reverse-over-reverse; `penalty_and_grad` is the efficient way
+  rng), 'gp' and 'gpr' the squared norm of the mean gradient at true and random labels. It is
+  `penalty_and_grad`'s value (under `jax.jit` the unused gradient is never computed), and it is
+  differentiable with `jax.grad` (reverse-over-reverse; `penalty_and_grad` is the efficient way
   to get the gradient).
 
   Args:
-    name: one of `NAMES` (or a deprecated name of `DEPRECATED_NAMES`).
+    name: one of `NAMES`.
     logits_fn: `(params, inputs [b, ...]) -> logits [b, C]`, per-example independent.
     params: the parameters (any pytree).
     inputs: [b, ...] this device's inputs (floating point for 'gpx').
@@ -273,70 +222,49 @@ def penalty(name: str, logits_fn: LogitsFn, params, inputs: jax.Array, labels: j
   Returns:
     [] the penalty of the global batch.
   """
-  name = validate_name(name)
-  axes = _core.batch_axes(axis_name)
-  labels_arg = _penalty_labels(name, labels, rng, axes)
-  if name == 'fp':
-    return fisher.batch_fisher_trace(logits_fn, params, inputs, rng=rng, axis_name=axes)
-  if name == 'fp_per_example':
-    return fisher.fisher_trace(logits_fn, params, inputs, estimator='sampled', rng=rng,
-                               axis_name=axes)
-  if name in _GRADIENT_NORM:
-    return fisher.batch_grad_sq_norm(logits_fn, params, inputs, labels_arg, axis_name=axes)
-  if name == 'gpx':
-    return _gpx_value(logits_fn, params, inputs, labels, axes)
-  return _zero(params)
+  return jnp.asarray(_evaluate(name, logits_fn, params, inputs, labels, rng, axis_name)[0])
 
 
 def penalty_and_grad(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
                      labels: jax.Array, *, rng=None, axis_name: _core.AxisName = None):
   """The penalty value and its gradient, forward-over-reverse.
 
-  Same arguments as `penalty`.
+  Same arguments as `penalty`. The result is what `add_penalty_gradient`'s update takes as
+  `penalty=`.
 
   Returns:
     `(value [], grads)` with `grads = grad_theta P` shaped like `params`; global-batch values,
     identical on every device.
   """
-  value, grads, _ = _value_grads_aux(name, logits_fn, params, inputs, labels, rng, axis_name,
-                                     with_loss=False)
+  value, grads, _ = _evaluate(name, logits_fn, params, inputs, labels, rng, axis_name)
   return value, grads
 
 
-def make_penalty_fn(name: str, logits_fn: LogitsFn, inputs: jax.Array, labels: jax.Array, *,
-                    rng=None, axis_name: _core.AxisName = None):
-  """`params -> (value, grads)` of `penalty_and_grad` for this batch: the `penalty_fn` argument
-  of `transform.add_penalty_gradient`'s update."""
-  name = validate_name(name)
-  return lambda params: penalty_and_grad(name, logits_fn, params, inputs, labels, rng=rng,
-                                         axis_name=axis_name)
-
-
 def loss_and_penalty_grads(name: str, logits_fn: LogitsFn, params, inputs: jax.Array,
-                           labels: jax.Array, *, rng=None,
-                           axis_name: _core.AxisName = None) -> LossAndPenalty:
+                           labels: jax.Array, *, rng=None, axis_name: _core.AxisName = None
+                           ) -> Tuple[Tuple[jax.Array, Any, jax.Array], Tuple[jax.Array, Any]]:
   """The mean cross-entropy gradient and the penalty gradient sharing one forward pass.
 
   The logits are computed once; the loss gradient and the penalty's label gradient are two
   pullbacks of the same `jax.vjp` (for 'gp' they are the same vector; for 'gpx' the loss
-  gradient comes out of the penalty's own backward pass). Loss and gradients are global-batch
-  means (`pmean`ed) when `axis_name` is given. Use it in the step that recomputes the penalty,
-  handing the penalty to the transformation through a constant `penalty_fn` (the host picks
-  that step with `transform.recompute_due`; see `transform.add_penalty_gradient`):
+  gradient comes out of the penalty's own backward pass). A step that computes a fresh penalty
+  hands it straight to the transformation:
 
   ```
-  r = regularizers.loss_and_penalty_grads(name, logits_fn, p, x, y, rng=rng, axis_name='data')
-  updates, opt_state = tx.update(r.loss_grads, opt_state, p, recompute_penalty=True,
-                                 penalty_fn=lambda _: (r.penalty, r.penalty_grads))
+  (loss, grads, logits), penalty = regularizers.loss_and_penalty_grads(
+      name, logits_fn, params, inputs, labels, rng=rng, axis_name='data')
+  updates, opt_state = tx.update(grads, opt_state, params, penalty=penalty)
   ```
 
   Same arguments as `penalty`; `logits_fn` must be the training forward pass (a model with
   BatchNorm needs its batch statistics handled by the caller).
 
   Returns:
-    A `LossAndPenalty`.
+    `((loss [], loss_grads, logits [b, C]), (value [], grads))`: the global mean cross-entropy
+    at the true labels and its gradient (like params), this device's logits, and
+    `penalty_and_grad`'s result.
   """
-  value, grads, (loss, loss_grads, logits) = _value_grads_aux(
-      name, logits_fn, params, inputs, labels, rng, axis_name, with_loss=True)
+  value, grads, (loss, loss_grads, logits) = _evaluate(name, logits_fn, params, inputs, labels,
+                                                       rng, axis_name)
   loss, loss_grads = _core.global_mean((loss, loss_grads), _core.batch_axes(axis_name))
-  return LossAndPenalty(loss, loss_grads, logits, value, grads)
+  return (jnp.asarray(loss), loss_grads, logits), (jnp.asarray(value), grads)

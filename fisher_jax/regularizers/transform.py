@@ -1,34 +1,33 @@
 """The penalty as an optax gradient transformation: `add_penalty_gradient` and its state.
 
-`add_penalty_gradient(strength, every_k=..., start_step=...)` adds `strength * grad P(params)`
-to the updates, P a penalty whose value and gradient the caller hands over as the extra
-argument `penalty_fn: params -> (value, grads)` (`regularizers.make_penalty_fn`). It composes
-with any optax optimizer:
+`add_penalty_gradient(strength)` adds `strength * grad P` to the updates, P a penalty whose
+value and gradient the CALLER computes, when it chooses, and hands over as the extra argument
+`penalty=(value, grads)` (e.g. `regularizers.penalty_and_grad`); on the other steps it passes
+nothing and the transformation reuses the gradient it cached. It composes with any optax
+optimizer:
 
 ```
-tx = optax.chain(regularizers.add_penalty_gradient(0.1, every_k=10), optax.adam(1e-3))
+tx = optax.chain(regularizers.add_penalty_gradient(0.1), optax.adam(1e-3))
 opt_state = tx.init(params)
-...  # in the step (one device's view):
-penalty_fn = regularizers.make_penalty_fn('fp', logits_fn, inputs, labels, rng=step_rng,
-                                          axis_name='data')
-updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
+...  # in the step: a fresh penalty every 10 steps, the cached one in between
+penalty = None
+if t % 10 == 0:
+  penalty = regularizers.penalty_and_grad('fp', logits_fn, params, inputs, labels, rng=rng)
+updates, opt_state = tx.update(grads, opt_state, params, penalty=penalty)
 params = optax.apply_updates(params, updates)
 regularizers.latest_penalty(opt_state)   # [] for logging regularizer/penalty
 ```
 
-With `every_k > 1` the penalty is recomputed on some steps only. By default the transformation
-decides on the device (`lax.cond`), so one compiled step serves all steps. On CPU, where XLA runs
-convolutions inside a `lax.cond` branch several times slower, let the host decide instead: compile
-the step twice, with `tx.update(..., recompute_penalty=True)` and `recompute_penalty=False`, and
-pick one per step with `recompute_due` (the trainer's
-`fisher_jax.training.optim.make_recompute_fn` does this from the validated settings).
+The transformation decides nothing: which steps compute a fresh penalty is the caller's choice
+(the trainer's is `fisher_jax.training.cadence.penalty_due`), and whatever the caller chooses,
+the update is `grads + strength(t) * (the latest penalty gradient handed over, or zeros)`.
+Deciding on the host (a Python `if`, two compiled steps) keeps convolutions out of a `lax.cond`
+branch, where XLA:CPU runs them several times slower (github.com/jax-ml/jax/issues/12868).
 """
 
-import functools
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -38,127 +37,75 @@ class PenaltyState(NamedTuple):
 
   Attributes:
     count: [] int32, number of updates done.
-    recompute: [] bool, whether the next update calls `penalty_fn`.
-    value: [] the latest computed penalty value (unscaled; 0 before the first).
-    grads: the latest computed penalty gradient (unscaled; zeros before the first), like params.
+    value: [] the latest penalty value handed over (unscaled; 0 before the first).
+    grads: the latest penalty gradient handed over (unscaled; zeros before the first), like
+      params.
   """
   count: jax.Array
-  recompute: jax.Array
   value: jax.Array
   grads: Any
 
 
-def recompute_due(count, *, every_k: int, start_step: int):
-  """Whether the update after `count` updates recomputes the penalty (host ints or arrays).
+def add_penalty_gradient(
+    strength: Union[float, optax.Schedule]) -> optax.GradientTransformationExtraArgs:
+  """Adds `strength * grad P` to the updates, P a penalty the caller computes (e.g. FP).
 
-  The cadence "every `every_k` from `start_step`" (`fisher_jax.training.cadence.is_due` with
-  `every=every_k >= 1`, written out here so that the library does not import the trainer):
-  `count >= start_step` and `(count - start_step) % every_k == 0`.
-  """
-  return (count >= start_step) & ((count - start_step) % every_k == 0)
+  `update(updates, state, params=None, *, penalty=None)`, with t the number of updates done
+  before this one:
 
+  * `penalty=(value [], grads like params)`: a fresh penalty and its gradient (e.g.
+    `regularizers.penalty_and_grad(...)`); they are cast to the state's dtypes and cached;
+  * `penalty=None`: the cached gradient is reused (zeros before the first fresh penalty, so a
+    caller that starts the penalty late simply passes nothing until then);
+  * in both cases the update is `updates + strength(t) * cached_grads` (`strength` a float or
+    an optax schedule of t).
 
-def add_penalty_gradient(strength: Union[float, optax.Schedule], *, every_k: int = 1,
-                         start_step: int = 0) -> optax.GradientTransformationExtraArgs:
-  """Adds `strength * grad P(params)` to the updates (P a penalty, e.g. the Fisher penalty).
-
-  `update(updates, state, params, *, penalty_fn, recompute_penalty=None)` needs `params` and the
-  keyword argument `penalty_fn: params -> (value [], grads like params)` (e.g.
-  `regularizers.make_penalty_fn`). With t the number of updates done before this one:
-
-  * t < start_step: updates pass unchanged and `penalty_fn` is not called;
-  * t >= start_step and (t - start_step) % every_k == 0: `penalty_fn(params)` is called and its
-    value and gradient cached;
-  * otherwise the cached gradient is reused and `penalty_fn` is not called;
-  * from start_step on, `strength(t) * cached_grads` is added (`strength` a float or a schedule).
-
-  Who decides whether this update recomputes:
-
-  * `recompute_penalty=None` (default): the device, with `lax.cond` on the state's flag; one
-    compiled step serves every step. Best on GPU/TPU. On CPU, XLA runs convolutions inside a
-    `lax.cond` branch several times slower (github.com/jax-ml/jax/issues/12868).
-  * `recompute_penalty=True` / `False` (a Python bool): the caller, on the host, with
-    `recompute_due(t, every_k=..., start_step=...)` (or the trainer's `make_recompute_fn`):
-    no `lax.cond`, two compiled steps. `penalty_fn` may be omitted when False. A decision that
-    contradicts the schedule turns the updates into NaN, so it cannot go unnoticed.
+  Nothing the caller passes can make the update non-finite that was not already: there is no
+  schedule inside to disagree with.
 
   Args:
-    strength: the penalty's coefficient, a float >= 0 or an optax schedule of the step count.
-    every_k: recompute the penalty gradient every `every_k` steps (>= 1).
-    start_step: first step with the penalty (>= 0).
+    strength: the penalty's coefficient, a float >= 0 or an optax schedule of the update count.
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`; chain it before the optimizer.
+    An `optax.GradientTransformationExtraArgs`; chain it before the optimizer, so that momentum,
+    Adam's scaling and weight decay see the penalized gradient.
   """
   if not callable(strength) and strength < 0:
     raise ValueError(f'strength={strength} is negative; the penalty strength must be >= 0.')
-  if int(every_k) != every_k or every_k < 1:
-    raise ValueError(f'every_k={every_k} is invalid; it must be an integer >= 1.')
-  if int(start_step) != start_step or start_step < 0:
-    raise ValueError(f'start_step={start_step} is invalid; it must be an integer >= 0.')
-  every_k, start_step = int(every_k), int(start_step)
-  due = functools.partial(recompute_due, every_k=every_k, start_step=start_step)
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-    count = jnp.zeros([], jnp.int32)
-    return PenaltyState(count=count, recompute=due(count),
-                        value=jnp.zeros([], dtype), grads=jax.tree.map(jnp.zeros_like, params))
+    return PenaltyState(count=jnp.zeros([], jnp.int32), value=jnp.zeros([], dtype),
+                        grads=jax.tree.map(jnp.zeros_like, params))
 
-  def update_fn(updates, state, params=None, *, penalty_fn: Optional[Callable] = None,
-                recompute_penalty: Optional[bool] = None, **extra_args):
-    del extra_args  # Meant for other transformations of a chain.
-    if params is None:
-      raise ValueError('add_penalty_gradient needs the parameters: call '
-                       'tx.update(grads, state, params, penalty_fn=...).')
-    if recompute_penalty is not None and not isinstance(recompute_penalty, bool):
-      raise ValueError(f'recompute_penalty={recompute_penalty!r} must be None (decided on the '
-                       'device) or a Python bool decided on the host with recompute_due().')
-    if penalty_fn is None and recompute_penalty is not False:
-      raise ValueError('add_penalty_gradient needs the keyword argument penalty_fn '
-                       '(params -> (value, grads)): call '
-                       'tx.update(grads, state, params, penalty_fn=...).')
-
-    def recompute(p):
-      value, grads = penalty_fn(p)
-      return (jnp.asarray(value).astype(state.value.dtype),
-              optax.tree_utils.tree_cast_like(grads, state.grads))
-
-    def reuse(_):
-      return state.value, state.grads
-
-    if recompute_penalty is None:
-      value, grads = lax.cond(state.recompute, recompute, reuse, params)
+  def update_fn(updates, state, params=None,
+                *, penalty: Optional[Tuple[jax.Array, Any]] = None, **extra_args):
+    del params, extra_args  # Meant for other transformations of a chain.
+    if penalty is None:
+      value, grads = state.value, state.grads
     else:
-      value, grads = (recompute if recompute_penalty else reuse)(params)
-      mismatch = state.recompute != recompute_penalty  # Poison a wrong host decision.
-      value, grads = jax.tree.map(lambda x: jnp.where(mismatch, jnp.nan, x), (value, grads))
+      value, grads = penalty
+      value = jnp.asarray(value).astype(state.value.dtype)
+      grads = optax.tree_utils.tree_cast_like(grads, state.grads)
     scale = strength(state.count) if callable(strength) else strength
-    scale = jnp.where(state.count >= start_step, scale, 0.0)
     updates = jax.tree.map(lambda u, g: u + (scale * g).astype(u.dtype), updates, grads)
-    count = optax.safe_int32_increment(state.count)
-    return updates, PenaltyState(count=count, recompute=due(count),
-                                 value=value, grads=grads)
+    count = jnp.asarray(optax.safe_int32_increment(state.count))
+    return updates, PenaltyState(count=count, value=value, grads=grads)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _penalty_state(opt_state):
+def latest_penalty(opt_state) -> jax.Array:
+  """[] the latest penalty value handed to `add_penalty_gradient`, unscaled.
+
+  0 before the first fresh penalty, or when `opt_state` holds no `add_penalty_gradient` state.
+
+  Raises:
+    ValueError: `opt_state` holds more than one `add_penalty_gradient` state.
+  """
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, PenaltyState))
             if isinstance(s, PenaltyState)]
   if len(states) > 1:
-    raise ValueError(f'opt_state holds {len(states)} add_penalty_gradient states; expected one.')
-  return states[0] if states else None
-
-
-def penalty_due(opt_state) -> jax.Array:
-  """[] bool: whether the next update recomputes the penalty (False without a penalty)."""
-  state = _penalty_state(opt_state)
-  return jnp.asarray(False) if state is None else state.recompute
-
-
-def latest_penalty(opt_state) -> jax.Array:
-  """[] the latest computed penalty value, unscaled (0 before the start or without a penalty)."""
-  state = _penalty_state(opt_state)
-  return jnp.zeros([], jnp.float32) if state is None else state.value
+    raise ValueError(f'opt_state holds {len(states)} add_penalty_gradient states; chain one.')
+  return states[0].value if states else jnp.zeros([], jnp.float32)

@@ -1,7 +1,7 @@
 """When things happen: the one "is it time?" check and the one epochs -> steps conversion.
 
 Every cadence of a run -- logging, measurements, evaluation, checkpoints, the penalty's
-recomputation -- asks `is_due`, and every length given in epochs (`start_epoch`,
+recomputation (`penalty_due`) -- asks `is_due`, and every length given in epochs (`start_epoch`,
 `warmup_epochs`, decay epochs, the run's length) becomes a number of steps through
 `epochs_to_steps` (as big_vision's `utils.itstime` and `utils.steps`).
 """
@@ -31,3 +31,14 @@ def is_due(step, every: int, *, start: int = 0, last=False):
     return last
   on_cadence = (step >= start) & ((step - start) % every == 0)
   return on_cadence | last
+
+
+def penalty_due(count: int, *, every_k: int, start_step: int) -> bool:
+  """Whether the update after `count` updates computes a fresh penalty (host ints).
+
+  The regularizer's cadence: every `every_k` updates from `start_step` on (`is_due`); the
+  training loop asks it before each step and runs the step that computes the penalty, or the
+  one that reuses the cached gradient (`regularizers.add_penalty_gradient`). Before
+  `start_step` no penalty is handed over, so the transformation adds `strength * 0`.
+  """
+  return bool(is_due(count, every_k, start=start_step))

@@ -3,29 +3,28 @@
 `make_optimizer(opt, reg, steps_per_epoch=..., num_epochs=...)` returns the optax
 transformation the training loop uses, from the validated settings of `config.optimizer` and
 `config.regularizer` (`fisher_jax.training.settings`): the penalty transformation
-`regularizers.add_penalty_gradient` (unless the regularizer's name is 'none') chained with the
-optimizer and its schedule. It always accepts the extra argument `penalty_fn`, so one step
-function serves every regularizer:
+`regularizers.add_penalty_gradient(reg.strength)` (unless the regularizer's name is 'none')
+chained with the optimizer and its schedule. It always accepts the extra argument `penalty`,
+so one step function serves every regularizer:
 
 ```
-run = settings.read(config)
-tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=steps_per_epoch,
-                          num_epochs=run.num_epochs)
+settings = settings_lib.read(config)
+tx = optim.make_optimizer(settings.optimizer, settings.regularizer,
+                          steps_per_epoch=steps_per_epoch, num_epochs=settings.num_epochs)
 opt_state = tx.init(params)
-...  # in the step (one device's view):
-penalty_fn = regularizers.make_penalty_fn(config.regularizer.name, logits_fn, inputs, labels,
-                                          rng=step_rng, axis_name='data')
-updates, opt_state = tx.update(grads, opt_state, params, penalty_fn=penalty_fn)
-params = optax.apply_updates(params, updates)
-regularizers.latest_penalty(opt_state)   # [] for logging regularizer/penalty
+...  # in a step that computes a fresh penalty (one device's view):
+penalty = regularizers.penalty_and_grad(settings.regularizer.name, logits_fn, params, inputs,
+                                        labels, rng=step_rng, axis_name='data')
+updates, opt_state = tx.update(grads, opt_state, params, penalty=penalty)
+...  # in a step that reuses the cached penalty gradient:
+updates, opt_state = tx.update(grads, opt_state, params)
 ```
 
-`make_recompute_fn(reg, steps_per_epoch)` is the host-side decision of which updates recompute
-the penalty (`recompute_penalty=`), for the loop (`fisher_jax.training.loop`) that compiles the
-step twice on CPU (see `fisher_jax.regularizers.transform`).
+When the penalty is fresh (`every_k`, `start_epoch`) is decided by the training loop with
+`fisher_jax.training.cadence.penalty_due`, not here.
 """
 
-from typing import Callable, Optional
+from typing import Optional
 
 import optax
 
@@ -80,28 +79,6 @@ def _make_base_optimizer(opt: settings_lib.OptimizerSettings,
   return base
 
 
-def _start_step(reg: settings_lib.RegularizerSettings, steps_per_epoch: int) -> int:
-  return cadence.epochs_to_steps(reg.start_epoch, steps_per_epoch)
-
-
-def make_penalty(reg: settings_lib.RegularizerSettings,
-                 steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """`add_penalty_gradient` from `regularizer.{strength, every_k, start_epoch}`."""
-  return regularizers.add_penalty_gradient(reg.strength, every_k=reg.every_k,
-                                           start_step=_start_step(reg, steps_per_epoch))
-
-
-def make_recompute_fn(reg: settings_lib.RegularizerSettings,
-                      steps_per_epoch: int) -> Callable[[int], bool]:
-  """Host-side `count -> bool`: whether the update after `count` updates recomputes the penalty
-  of `regularizer` (always False for 'none'); for `recompute_penalty=`."""
-  if reg.name == 'none':
-    return lambda count: False
-  start_step = _start_step(reg, steps_per_epoch)
-  return lambda count: bool(regularizers.recompute_due(int(count), every_k=reg.every_k,
-                                                       start_step=start_step))
-
-
 def make_optimizer(opt: settings_lib.OptimizerSettings,
                    reg: Optional[settings_lib.RegularizerSettings], *, steps_per_epoch: int,
                    num_epochs: float) -> optax.GradientTransformationExtraArgs:
@@ -110,7 +87,7 @@ def make_optimizer(opt: settings_lib.OptimizerSettings,
   `weight_decay` is L2 regularization added to the gradient (coupled, as in the study's SGD
   runs); for 'adamw' it is the decoupled decay. The penalty gradient is added to the loss
   gradient before weight decay and the optimizer see it. The result always accepts the extra
-  argument `penalty_fn` (ignored without a regularizer or when `reg.name` is 'none').
+  argument `penalty` (ignored without a regularizer or when `reg.name` is 'none').
 
   Args:
     opt: `settings.read_optimizer(config.optimizer)`.
@@ -127,4 +104,4 @@ def make_optimizer(opt: settings_lib.OptimizerSettings,
   base = _make_base_optimizer(opt, make_schedule(opt, steps_per_epoch, num_epochs))
   if reg is None or reg.name == 'none':
     return optax.with_extra_args_support(base)
-  return optax.chain(make_penalty(reg, steps_per_epoch), base)
+  return optax.chain(regularizers.add_penalty_gradient(reg.strength), base)

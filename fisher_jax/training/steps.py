@@ -13,7 +13,7 @@ batch-sharded inputs: XLA partitions them, so their numbers do not depend on the
 They use eval-mode (running-average) BatchNorm, so per-example quantities are per-example.
 """
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -41,32 +41,32 @@ def _apply_train(model: nn.Module, state: TrainState, params, inputs, rng):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    regularizer: str = 'none',
-                    recompute_penalty: Optional[bool] = None) -> Callable:
+                    regularizer: str = 'none', *, fresh_penalty: bool = True) -> Callable:
   """Builds `train_step(state, batch) -> (state, metrics)` for one device.
 
   Args:
     model: the flax model.
     tx: the optax optimizer; with a regularizer, it must chain the penalty transformation
-      (`optim.make_optimizer` does), which receives `penalty_fn` as an extra argument.
+      (`optim.make_optimizer` does), which receives the fresh penalty as the extra argument
+      `penalty`.
     regularizer: `config.regularizer.name`. Batch-level penalties (fp, gp, gpr) use the
       training forward pass (BatchNorm with batch statistics); the per-example ones
       (`regularizers.PER_EXAMPLE`: fp_per_example, gpx) use eval-mode logits on a model with
       BatchNorm, which are per-example independent. The penalty is that of the global batch
       (see `regularizers`).
-    recompute_penalty: who decides whether a step recomputes the penalty (see
-      `regularizers.add_penalty_gradient`). None: the device; the step hands `penalty_fn` to the
-      transformation, whose `lax.cond` calls it when due (one step for all; the library's
-      default). True / False: the host; this step always / never recomputes it, and the caller
-      picks the step with `optim.make_recompute_fn` (no `lax.cond`, which on XLA:CPU runs
-      convolutions several times slower); the training loop does this. A recomputing step of a
-      model without BatchNorm shares one forward pass between the loss gradient and the
-      penalty (`regularizers.loss_and_penalty_grads`). Ignored without a regularizer.
+    fresh_penalty: whether this step computes the penalty and its gradient (True) or lets the
+      transformation reuse the cached gradient (False). The training loop builds both steps and
+      picks one per update with `cadence.penalty_due`, on the host: no `lax.cond` (inside
+      which XLA:CPU runs convolutions several times slower). A fresh step of a model without
+      BatchNorm shares one forward pass between the loss gradient and the penalty
+      (`regularizers.loss_and_penalty_grads`); with BatchNorm the penalty has its own
+      (`regularizers.penalty_and_grad`). Ignored without a regularizer.
 
   The step's metrics are global means over the batch: 'loss' (mean cross-entropy), 'accuracy',
   and 'penalty' (the latest penalty value) when a regularizer is configured.
   """
   regularizer = regularizers.validate_name(regularizer)
+  fresh_penalty = fresh_penalty and regularizer != 'none'
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -83,31 +83,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return lax.pmean(loss, AXIS), lax.pmean(grads, AXIS), logits, batch_stats
 
-    extra = {}
-    if regularizer == 'none' or recompute_penalty is False:
-      # No penalty this step (the transformation reuses its cached gradient).
-      loss, grads, logits, batch_stats = loss_grads(state.params)
-    elif recompute_penalty and not state.batch_stats:
-      # The host says it is due, and training and eval forward passes agree (no BatchNorm):
-      # the loss gradient and the penalty share one forward pass.
-      fused = regularizers.loss_and_penalty_grads(regularizer, train_logits_fn, state.params,
-                                                  images, labels, rng=step_rng,
-                                                  axis_name=AXIS)
-      loss, grads, logits, batch_stats = (fused.loss, fused.loss_grads, fused.logits,
-                                          state.batch_stats)
-      extra['penalty_fn'] = lambda _: (fused.penalty, fused.penalty_grads)
+    penalty = None
+    if fresh_penalty and not state.batch_stats:
+      # Training and eval forward passes agree (no BatchNorm): the loss gradient and the
+      # penalty share one forward pass.
+      (loss, grads, logits), penalty = regularizers.loss_and_penalty_grads(
+          regularizer, train_logits_fn, state.params, images, labels, rng=step_rng,
+          axis_name=AXIS)
+      batch_stats = state.batch_stats
     else:
-      # BatchNorm, or the device decides: the transformation calls penalty_fn when due.
       loss, grads, logits, batch_stats = loss_grads(state.params)
-      if regularizer in regularizers.PER_EXAMPLE and state.batch_stats:
-        penalty_logits_fn = curvature.make_logits_fn(model, state.batch_stats)
-      else:
-        penalty_logits_fn = train_logits_fn
-      extra['penalty_fn'] = regularizers.make_penalty_fn(
-          regularizer, penalty_logits_fn, images, labels, rng=step_rng, axis_name=AXIS)
-    if regularizer != 'none' and recompute_penalty is not None:
-      extra['recompute_penalty'] = recompute_penalty
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+      if fresh_penalty:  # BatchNorm: the penalty's own forward pass.
+        if regularizer in regularizers.PER_EXAMPLE:
+          penalty_logits_fn = curvature.make_logits_fn(model, state.batch_stats)
+        else:
+          penalty_logits_fn = train_logits_fn
+        penalty = regularizers.penalty_and_grad(regularizer, penalty_logits_fn, state.params,
+                                                images, labels, rng=step_rng, axis_name=AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, penalty=penalty)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss,
                'accuracy': lax.pmean(jnp.mean(losses.accuracy(logits, labels)), AXIS)}
@@ -150,12 +143,12 @@ def leaf_metric_names(prefix: str, params) -> Mapping[str, Any]:
 
 
 def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int,
-                    per_layer: bool = False) -> Callable:
+                    per_leaf: bool = False) -> Callable:
   """Builds `measure(state, inputs, labels, rng) -> metrics` (global; for `jax.jit`).
 
   On the n examples given (a fixed training subset):
     * 'curvature/fisher_trace': Tr(F) = mean_i E_c ||grad CE(x_i, c)||^2 by `estimator`;
-    * with `per_layer`, also 'curvature/fisher_trace/<leaf path>' (e.g. '.../Conv_0/kernel'):
+    * with `per_leaf`, also 'curvature/fisher_trace/<leaf path>' (e.g. '.../Conv_0/kernel'):
       the same mean over that parameter leaf only (its diagonal block's trace), from the same
       per-example pass; the leaves sum to 'curvature/fisher_trace';
     * 'curvature/fisher_trace_batch': Tr(F_B) = ||(1/B) sum_i grad CE(x_i, yhat_i)||^2 for
@@ -177,9 +170,9 @@ def make_measure_fn(model: nn.Module, *, estimator: str, batch_size: int,
 
     batch_traces = lax.map(one_batch, (jnp.arange(n // b), chunks))
     fisher = curvature.fisher_trace(logits_fn, state.params, inputs, estimator=estimator,
-                                    rng=fisher_rng, labels=labels, per_leaf=per_layer)
+                                    rng=fisher_rng, labels=labels, per_leaf=per_leaf)
     metrics = {}
-    if per_layer:
+    if per_leaf:
       metrics = leaf_metric_names('curvature/fisher_trace', fisher)
       fisher = sum(jax.tree.leaves(fisher))
     return {

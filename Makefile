@@ -11,7 +11,7 @@ CONFIG ?= configs/default.py
 LOCK := requirements/test.txt
 LOCKED := $(wildcard $(LOCK))
 
-.PHONY: docs install lock run test
+.PHONY: docs install lint lock run test test-fast
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -27,7 +27,7 @@ install: $(STAMP)
 lock: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PYTHON) -m pip install -q uv
 	$(PYTHON) -m uv pip compile pyproject.toml --extra test --upgrade --generate-hashes \
-	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header \
+	  --python-version 3.11.7 --python-platform x86_64-unknown-linux-gnu --no-header \
 	  --no-annotate -o $(LOCK)
 
 run: install
@@ -36,9 +36,17 @@ run: install
 test: install
 	$(PYTHON) -m pytest -q tests
 
-# The documentation site (mkdocs.yml), built strictly into site/, running the tutorials. Until
-# the lock file lists the docs extra, its tools are installed on top of the lock's versions.
+# The development loop: every test not marked slow (pyproject.toml's pytest markers).
+test-fast: install
+	$(PYTHON) -m pytest -q -m 'not slow' tests
+
+# ruff (bugs, not style) over the code, then basedpyright (basic mode) over the library and
+# the run directory; both configured in pyproject.toml.
+lint: install
+	$(PYTHON) -m ruff check fisher_jax experiments configs benchmarks tests docs
+	$(PYTHON) -m basedpyright
+
+# The documentation site (mkdocs.yml), built strictly into site/, running the tutorials (the
+# docs extra is part of the test extra and of the lock).
 docs: install
-	$(PYTHON) -c 'import mkdocs, mkdocstrings_handlers.python, mkdocs_jupyter, material' 2>/dev/null \
-	  || $(PYTHON) -m pip install -q -e '.[docs]'
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site

@@ -41,8 +41,8 @@ from fisher_jax import rundir
 from fisher_jax.training import exit_codes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DONE_FILE = 'runner_done.json'
-LOG_FILE = 'runner.log'
+DONE_FILE = rundir.RUNNER_DONE_FILE
+LOG_FILE = rundir.RUNNER_LOG_FILE
 # Statuses of a job after `run_jobs`.
 DONE, SKIPPED, DIVERGED, FAILED, BLOCKED = 'done', 'skipped', 'diverged', 'failed', 'blocked'
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -126,10 +126,8 @@ def finished(job: Job) -> Optional[str]:
 
 
 def _mark_done(job: Job, result: str = DONE):
-  tmp = os.path.join(job.workdir, DONE_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump({'args': list(job.args), 'result': result}, f, indent=1)
-  os.replace(tmp, os.path.join(job.workdir, DONE_FILE))
+  rundir.write_json(os.path.join(job.workdir, DONE_FILE),
+                    {'args': list(job.args), 'result': result})
 
 
 def _die_with_parent(prctl, parent: int):
@@ -258,7 +256,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, *, python: str = sys.executa
       if running or pending:
         time.sleep(poll_s)
   finally:
-    for key, (job, process, out) in running.items():
+    for key, (_, process, out) in running.items():
       log(f'stop    {key} (it resumes when the runner is started again)')
       _stop_process(process)
       out.close()

@@ -36,7 +36,6 @@ lock is free (its holder is dead). See docs/tuning.md.
 
 import contextlib
 import copy
-import fcntl
 import json
 import math
 import os
@@ -52,6 +51,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from fisher_jax import rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `configs` (a package there) and `experiments`, from any directory.
@@ -225,16 +226,17 @@ def _lock_path(root: str, number: int) -> str:
 @contextlib.contextmanager
 def _try_lock(path: str):
   """Yields whether this process got the exclusive advisory lock on `path` (released after)."""
-  with open(path, 'a') as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      yield False
-      return
-    try:
-      yield True
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  import filelock  # pylint: disable=g-import-not-at-top
+  lock = rundir.file_lock(path)
+  try:
+    lock.acquire(blocking=False)
+  except filelock.Timeout:
+    yield False
+    return
+  try:
+    yield True
+  finally:
+    lock.release()
 
 
 class _TrialLock:
@@ -242,19 +244,19 @@ class _TrialLock:
 
   def __init__(self, root: str):
     self._root = root
-    self._file = None
+    self._lock = None
 
   def acquire(self, number: int):
     self.release()
     os.makedirs(os.path.join(self._root, LOCK_DIR), exist_ok=True)
-    self._file = open(_lock_path(self._root, number), 'a')
+    self._lock = rundir.file_lock(_lock_path(self._root, number))
     # Blocking: a worker checking for abandoned trials holds it for a moment at most.
-    fcntl.flock(self._file, fcntl.LOCK_EX)
+    self._lock.acquire()
 
   def release(self):
-    if self._file is not None:
-      self._file.close()  # Closing drops the lock.
-      self._file = None
+    if self._lock is not None:
+      self._lock.release()  # Closes the file, which drops the lock.
+      self._lock = None
 
 
 def fail_abandoned_trials(study, root: str, grace_period: float, max_retry: int) -> List[int]:
@@ -407,7 +409,6 @@ class Worker:
 
   def objective(self, trial) -> float:
     import optuna  # pylint: disable=g-import-not-at-top
-    from fisher_jax import rundir  # pylint: disable=g-import-not-at-top
     from fisher_jax.training import guard  # pylint: disable=g-import-not-at-top
     train_fn = self._train_fn
     if train_fn is None:

@@ -14,8 +14,8 @@ import importlib.util
 # extra -> the top-level modules of its packages (pyproject.toml's optional-dependencies; the
 # test suite checks the two agree).
 MODULES = {
-    'train': ('absl', 'clu', 'importlib_resources', 'ml_collections', 'orbax', 'sklearn',
-              'tensorboard', 'tensorflow', 'tensorflow_datasets', 'tqdm'),
+    'train': ('absl', 'clu', 'filelock', 'importlib_resources', 'ml_collections', 'orbax',
+              'sklearn', 'tensorboard', 'tensorflow', 'tensorflow_datasets', 'tqdm'),
     'analysis': ('matplotlib', 'pandas', 'scipy'),
     'tune': ('optuna', 'submitit'),
 }

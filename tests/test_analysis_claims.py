@@ -1,4 +1,4 @@
-"""The study's reporting rules on tiny synthetic run directories (acceptance 3 of issue 12):
+"""The study's reporting rules on tiny synthetic run directories:
 selection on validation, not test; overlapping intervals are not "held"; a run used by several
 experiments counts once; one seed shows no standard deviation; diverged runs are no seeds; and
 the primary Tr(F_i) definition (`analysis.early_fisher`)."""

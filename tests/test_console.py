@@ -1,4 +1,4 @@
-"""What a run shows (issue 16, acceptance 1 and 2): one aligned line per epoch, a progress bar
+"""What a run shows: one aligned line per epoch, a progress bar
 on a terminal, the summary, no library chatter unless --verbose; speed under perf/ in
 TensorBoard only and the learning rate in metrics.jsonl."""
 
@@ -12,11 +12,13 @@ import sys
 import termios
 import time
 
+import pytest
+
 from conftest import REPO
 from fisher_jax.training import console
 from fisher_jax.training import writers
 
-# Lines TensorFlow, TFDS, XLA/JAX, orbax and clu print at INFO (seen before issue 16).
+# Lines TensorFlow, TFDS, XLA/JAX, orbax and clu print at INFO (unless silenced).
 CHATTER = re.compile(r'absl::InitializeLog|oneDNN|Unable to initialize backend|tf\.data\.Dataset|'
                      r'dataset_info|xla_bridge|checkpoint_manager|\[Hyperparameters\]|'
                      r'steps_per_sec|work unit notes|^[IWE]\d{4} ', re.MULTILINE)
@@ -41,6 +43,7 @@ def _event_tags(workdir):
   return tags
 
 
+@pytest.mark.slow
 def test_default_run_prints_one_line_per_epoch_and_a_summary_and_no_chatter(tmp_path):
   result = _main(tmp_path, '--config.num_epochs=2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -79,6 +82,7 @@ def test_default_run_prints_one_line_per_epoch_and_a_summary_and_no_chatter(tmp_
   assert '_hparams_/session_start_info' in tags  # Hyperparameters: TensorBoard's hparams.
 
 
+@pytest.mark.slow
 def test_verbose_shows_tensorflow_tfds_and_xla_logs(tmp_path):
   result = _main(tmp_path, '--verbose', '--config.num_epochs=1', '--config.model.name=mlp',
                  '--config.dataset.train_subset=256')

@@ -1,4 +1,4 @@
-"""The training loop's curvature options (measure.per_layer, measure.eigen_*) and the spectrum
+"""The training loop's curvature options (measure.per_leaf, measure.eigen_*) and the spectrum
 analysis of a checkpoint, end to end on a tiny MLP run."""
 
 import os
@@ -13,8 +13,9 @@ from fisher_jax.training import settings
 from fisher_jax.training import writers
 
 
-def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tmp_path):
-  """One epoch of an MLP with per_layer and eigen_every_epochs=1: per-leaf Tr(F) metrics that sum
+@pytest.mark.slow
+def test_per_leaf_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tmp_path):
+  """One epoch of an MLP with per_leaf and eigen_every_epochs=1: per-leaf Tr(F) metrics that sum
   to Tr(F), k descending Hessian eigenvalues and a positive Fisher top eigenvalue at steps 0..;
   then `python -m fisher_jax.analysis.spectrum` plots the checkpoint's SLQ density, whose top
   node is the logged top Hessian eigenvalue (10%) and whose weights sum to 1 per probe."""
@@ -25,7 +26,7 @@ def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tm
   config.dataset.train_subset = 256
   config.measure.num_examples = 64
   config.measure.hessian_num_examples = 64
-  config.measure.per_layer = True
+  config.measure.per_leaf = True
   config.measure.eigen_every_epochs = 1
   config.measure.eigen_k = 3
   config.measure.eigen_iterations = 20
@@ -50,16 +51,16 @@ def test_per_layer_fisher_eigenvalues_and_checkpoint_spectrum(default_config, tm
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('per_layer', 1, 'measure.per_layer=1 is invalid'),
+    ('per_leaf', 1, 'measure.per_leaf=1 is invalid'),
     ('eigen_every_epochs', -1, 'measure.eigen_every_epochs=-1'),
     ('eigen_k', 0, 'measure.eigen_k=0'),
     ('eigen_iterations', 2, 'measure.eigen_iterations=2'),  # fewer than eigen_k = 5
 ])
 def test_bad_curvature_measure_fields_fail_naming_the_field(default_config, field, value,
                                                             message):
-  assert default_config.measure.per_layer is False  # off by default
+  assert default_config.measure.per_leaf is False  # off by default
   assert default_config.measure.eigen_every_epochs == 0
   measure = default_config.measure.to_dict()
-  measure[field] = value  # (the locked-type ConfigDict itself refuses a non-bool per_layer)
+  measure[field] = value  # (the locked-type ConfigDict itself refuses a non-bool per_leaf)
   with pytest.raises(ValueError, match=message):
     settings.read_measure(ml_collections.ConfigDict(measure))

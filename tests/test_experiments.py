@@ -184,6 +184,7 @@ def _start_sweep(script):
                           stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_restarts_without_rerunning_a_finished_run(tmp_path):
   root = tmp_path / 'root'
   script = tmp_path / 'sweep.py'

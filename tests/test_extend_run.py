@@ -1,4 +1,4 @@
-"""A finished run continues to a larger num_epochs (issue 16, acceptance 5), keeping its
+"""A finished run continues to a larger num_epochs, keeping its
 best-by-validation checkpoint."""
 
 import json
@@ -32,6 +32,7 @@ def _by_step(workdir):
   return {r['step']: r for r in writers.read_metrics(str(workdir))}
 
 
+@pytest.mark.slow
 def test_a_finished_run_continues_to_more_epochs_like_an_uninterrupted_run(tmp_path):
   extended, straight = tmp_path / 'extended', tmp_path / 'straight'
   loop.train_and_evaluate(_config(3), str(extended))

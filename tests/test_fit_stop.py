@@ -86,6 +86,7 @@ def _interrupted_at(epoch):
   return lambda e: e == epoch
 
 
+@pytest.mark.slow
 def test_interrupted_before_and_after_the_target_a_run_ends_like_an_uninterrupted_one(
     reference, tmp_path):
   ref_dir, ref_final = reference

@@ -120,6 +120,7 @@ def runs(tmp_path_factory):
   return root, two
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one(runs):
   root, two = runs
   assert 'process 0 of 2 with 4 of the 8 devices' in two.log(0)
@@ -137,6 +138,7 @@ def test_two_processes_give_the_numbers_of_one(runs):
                params_2, params_1)
 
 
+@pytest.mark.slow
 def test_every_eval_example_counts_once_across_processes(runs):
   root, _ = runs
   # The splits do not divide into global batches of 128 split over 2 processes, so each process
@@ -154,6 +156,7 @@ def test_every_eval_example_counts_once_across_processes(runs):
                                  rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes(runs):
   root, two = runs
   files = sorted(os.listdir(root / 'two'))
@@ -167,6 +170,7 @@ def test_only_process_zero_writes(runs):
   assert 'Hyperparameters' not in two.log(0) + two.log(1)  # config.json and TensorBoard's.
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(runs):
   root, _ = runs
   workdir = root / 'killed'
@@ -192,14 +196,14 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(runs):
                _params(workdir)[1], _params(root / 'two')[1])
 
 
-def test_failure_to_connect_ends_with_one_sentence_within_the_timeout(tmp_path):
-  start = time.time()
+@pytest.mark.slow
+def test_failure_to_connect_ends_with_one_sentence_after_the_timeout(tmp_path):
   lonely = _Processes(tmp_path / 'a', tmp_path, 'lonely', process_ids=(0,), timeout_s=5)
   # Process 1 pointed at a port where no coordinator listens (a wrong port).
   astray = _Processes(tmp_path / 'b', tmp_path, 'astray', process_ids=(1,), timeout_s=5)
   bad = _Processes(tmp_path / 'c', tmp_path, 'bad', process_ids=(0,), extra=('--distributed=off',))
-  codes = [lonely.wait(120)[0], astray.wait(120)[0], bad.wait(120)[0]]
-  assert time.time() - start < 120
+  codes = [lonely.wait(RUN_TIMEOUT_S)[0], astray.wait(RUN_TIMEOUT_S)[0],
+           bad.wait(RUN_TIMEOUT_S)[0]]
   assert codes == [1, 1, 1]
   expected = ['process 0 of 2 waited 5 s', 'process 1 of 2 could not join the coordinator',
               '--distributed=off contradicts']

@@ -1,6 +1,6 @@
 """The library installs and imports without the extras; a missing extra is named in one sentence.
 
-Acceptance 3 of issue 16 is checked by import isolation, not by building a virtualenv (which
+This is checked by import isolation, not by building a virtualenv (which
 costs about a minute of network and disk per run; measured by hand in the README "Install"
 notes): in a fresh interpreter, every package of the extras is made unimportable
 (`sys.modules[name] = None`, so `import tensorflow` raises ImportError as it would where it is

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fisher_jax import models
+from fisher_jax.training import cadence
 from fisher_jax.training import mesh as mesh_lib
 from fisher_jax.training import optim
 from fisher_jax.training import settings
@@ -13,24 +14,24 @@ from fisher_jax.training import state as state_lib
 from fisher_jax.training import steps
 
 
-def _run_steps(config, mesh, batches, model, host_decides=False):
-  """Runs the train step on `batches`; the penalty's recompute steps are decided on the device
-  (lax.cond) or, as the training loop does, on the host (two compiled steps)."""
-  run = settings.read(config)
-  tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=10,
-                            num_epochs=run.num_epochs)
+def _run_steps(config, mesh, batches, model):
+  """Runs the train step on `batches`, the fresh-penalty steps decided on the host as the
+  training loop does (two compiled steps, `cadence.penalty_due`)."""
+  settings_ = settings.read(config)
+  reg = settings_.regularizer
+  tx = optim.make_optimizer(settings_.optimizer, reg, steps_per_epoch=10,
+                            num_epochs=settings_.num_epochs)
   create = jax.jit(lambda r: state_lib.create_train_state(model, tx, (8, 8, 1), r),
                    out_shardings=mesh_lib.replicated(mesh))
   state = create(jax.random.PRNGKey(0))
-  flags = (True, False) if host_decides else (None,)
-  step_fns = {flag: mesh_lib.data_parallel(
-      steps.make_train_step(model, tx, config.regularizer.name, recompute_penalty=flag), mesh,
-      batch_args=(1,), num_args=2, donate_argnums=(0,)) for flag in flags}
-  recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch=10)
+  step_fns = {fresh: mesh_lib.data_parallel(
+      steps.make_train_step(model, tx, reg.name, fresh_penalty=fresh), mesh,
+      batch_args=(1,), num_args=2, donate_argnums=(0,)) for fresh in (True, False)}
+  start = cadence.epochs_to_steps(reg.start_epoch, 10)
   losses, penalties = [], []
   for t, batch in enumerate(batches):
-    flag = recompute_due(t) if host_decides else None
-    state, metrics = step_fns[flag](state, mesh_lib.shard_batch(batch, mesh))
+    fresh = cadence.penalty_due(t, every_k=reg.every_k, start_step=start)
+    state, metrics = step_fns[fresh](state, mesh_lib.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
     penalties.append(float(metrics.get('penalty', 0.0)))
   return losses, penalties, jax.device_get(state)
@@ -46,14 +47,14 @@ def _batches(num, batch_size=32, seed=0):
     ('simple_cnn', {}, 'none', 1),
     ('simple_cnn', {}, 'fp', 1),  # Penalty of the global batch, shared forward pass.
     # BatchNorm normalizes with each device's batch, so the reference also runs on 8 devices;
-    # the penalty comes through penalty_fn (separate forward pass).
-    ('wide_resnet', {'depth': 10, 'widen_factor': 1}, 'fp', 8),
+    # the penalty has its own forward pass (penalty_and_grad).
+    pytest.param('wide_resnet', {'depth': 10, 'widen_factor': 1}, 'fp', 8,
+                 marks=pytest.mark.slow),
 ])
 def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regularizer,
                                         reference_devices):
-  """8 devices with the host deciding the recompute steps (as the training loop) equal 1 device
-  with the device deciding them (lax.cond): every_k=2 from the second step (start_epoch 0.1 = 1
-  step)."""
+  """8 devices equal 1 device, the fresh-penalty steps decided on the host as the training loop
+  does: every_k=2 from the second step (start_epoch 0.1 = 1 step)."""
   assert jax.device_count() == 8
   default_config.regularizer.name = regularizer
   default_config.regularizer.strength = 0.1
@@ -64,7 +65,7 @@ def test_eight_devices_equal_one_device(default_config, model_name, kwargs, regu
   losses_1, penalties_1, state_1 = _run_steps(
       default_config, mesh_lib.make_mesh(jax.devices()[:reference_devices]), batches, model)
   losses_8, penalties_8, state_8 = _run_steps(default_config, mesh_lib.make_mesh(), batches,
-                                              model, host_decides=True)
+                                              model)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(penalties_8, penalties_1, rtol=1e-5, atol=1e-6)
   if regularizer != 'none':  # Zero before the start step, then recomputed at steps 1 and 3.

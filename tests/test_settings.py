@@ -1,6 +1,5 @@
 """The one validation of a config (settings.read) and the one cadence check (cadence.is_due)."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +31,11 @@ def test_a_missing_field_is_an_error_naming_it_not_a_default_in_code(default_con
     settings.read(default_config)
 
 
-def test_a_deprecated_regularizer_name_is_read_as_its_new_name(default_config):
-  default_config.regularizer.name = 'fp_exact'
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', FutureWarning)  # Its warning: test_regularizers.
-    assert settings.read(default_config).regularizer.name == 'fp_per_example'
+def test_the_removed_regularizer_name_fp_exact_is_unknown(default_config):
+  default_config.regularizer.name = 'fp_exact'  # The per-example penalty is 'fp_per_example'.
+  with pytest.raises(ValueError, match=r"regularizer.name='fp_exact' is unknown; choose one of "
+                                       r".*'fp_per_example'"):
+    settings.read(default_config)
 
 
 def test_is_due_is_the_cadence_definition_for_ints_and_arrays():

@@ -27,6 +27,7 @@ def _run_cli(workdir, *overrides, timeout=300):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp_path):
   config = _small(default_config, epochs=2)
   final = loop.train_and_evaluate(config, str(tmp_path))
@@ -47,6 +48,7 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(default_config, tmp
   assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == [str(spe), str(2 * spe)]
 
 
+@pytest.mark.slow
 def test_cli_override_takes_effect_and_is_recorded(tmp_path):
   result = _run_cli(tmp_path, '--config.optimizer.learning_rate=0.003', '--config.num_epochs=1',
                     '--config.dataset.train_subset=256')
@@ -107,6 +109,7 @@ def test_checkpoints_of_unknown_origin_are_refused(default_config, tmp_path):
   assert os.listdir(tmp_path) == ['checkpoints']
 
 
+@pytest.mark.slow
 def test_init_from_starts_at_another_runs_parameters(default_config, tmp_path):
   config = _small(default_config, epochs=1)
   config.measure.fisher_estimator = 'exact'  # Deterministic in (params, measurement subset).

@@ -89,6 +89,7 @@ def _running_trial_of(root, pid):
   return None
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_study_and_a_killed_workers_trial_resumes_in_a_retry(tmp_path):
   """Acceptance 1: N trials in total, none twice, every workdir complete; a worker killed
   mid-trial: its trial is failed and retried, and the retry resumes the trial's checkpoint."""

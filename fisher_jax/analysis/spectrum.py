@@ -28,6 +28,7 @@ from fisher_jax import data
 from fisher_jax import models
 from fisher_jax import rundir
 from fisher_jax.training import checkpoint
+from fisher_jax.training import settings
 
 OPERATORS = ('hessian', 'fisher', 'both')
 
@@ -68,8 +69,8 @@ def checkpoint_spectra(workdir: str, *, step: Optional[int] = None,
       os.path.join(workdir, rundir.CHECKPOINT_DIR), step)
   inp = data.make_input(config.dataset, batch_size=config.batch_size, seed=config.seed,
                         process_index=0, process_count=1)
-  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-  model = models.get_model(config.model.name, inp.spec.num_classes, **model_kwargs)
+  model_settings = settings.read_model(config.model)
+  model = models.get_model(model_settings.name, inp.spec.num_classes, **model_settings.kwargs)
   n = num_examples or config.measure.hessian_num_examples
   subset = inp.fixed_subset(n, kind='all')
   wanted = ('hessian', 'fisher') if operator == 'both' else (operator,)

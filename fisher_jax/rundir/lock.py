@@ -1,15 +1,17 @@
 """One process per workdir: an OS advisory lock on `<workdir>/lock`, and the workdir's checks.
 
 `WorkdirLock(workdir).acquire()` makes the workdir (one sentence when it is a file or cannot be
-written) and takes an exclusive `fcntl.flock` on `<workdir>/lock` without waiting; it then
-writes its holder (`pid host`) into the file. The lock belongs to the open file, so the OS
-releases it when the process ends in any way (SIGKILL included): a dead run never leaves a
-stale lock, and the file's contents only name the last holder. A second process finds the lock
-taken and gets `WorkdirBusyError`, naming the holder.
+written) and takes an exclusive lock on `<workdir>/lock` without waiting, through the `filelock`
+library (`file_lock`: `flock` on Unix, never its soft fallback); it then writes its holder
+(`pid host`) into the file. The lock belongs to the open file, so the OS releases it when the
+process ends in any way (SIGKILL included): a dead run never leaves a stale lock, and the file
+(kept on release) only names the last holder. A second process finds the lock taken and gets
+`WorkdirBusyError`, naming the holder.
 
 Locks are re-entrant within a process (the entry point takes the lock early, `train_and_evaluate`
-again): a process-wide table maps each locked directory to its open file, because a second
-`flock` on a new file descriptor of the same file would conflict with the first.
+again): a process-wide table maps each locked directory to its one `filelock.FileLock`, whose
+counter counts the holds, because a second lock on a new file descriptor of the same file would
+conflict with the first.
 
 On several processes (hosts) only process 0 locks; `acquire(process_count=..., broadcast=...)`
 tells every other process process 0's decision, so all of them stop or all go on. The workdir
@@ -17,17 +19,39 @@ must be on a file system with working `flock` (local disks; NFSv4 and Lustre emu
 """
 
 import errno
-import fcntl
 import os
 import socket
 import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 LOCK_FILE = 'lock'
 _TAKEN, _BUSY, _BAD = 1, 0, 2  # Process 0's outcome, as told to the other processes.
 
-_held: Dict[str, Tuple[int, int]] = {}  # realpath -> (file descriptor, times acquired)
+_held: Dict[str, Any] = {}  # realpath -> the filelock.FileLock this process holds there
 _held_guard = threading.Lock()
+
+
+def file_lock(path: str, *, on_acquired: Optional[Callable[[int], None]] = None):
+  """A `filelock.FileLock` on `path` as every lock of fisher_jax and its study needs it.
+
+  Shared by the threads of a process (not thread-local), the file kept on release (it names the
+  last holder), and never `filelock`'s soft fallback (a soft lock outlives a killed holder):
+  on a file system without `flock`, acquiring raises `OSError`. `acquire(blocking=False)`
+  raises `filelock.Timeout` (an `OSError` too) when another open file holds the lock.
+
+  Args:
+    path: the lock file (made on the first acquire; its directory must exist).
+    on_acquired: called with the lock's file descriptor after each first acquire (it may write
+      the file, and must leave it open).
+  """
+  import filelock  # pylint: disable=g-import-not-at-top  (the train extra; rundir's names need none)
+  return filelock.FileLock(path, thread_local=False, preserve_lock_file=True,
+                           fallback_to_soft=False, on_acquired=on_acquired)
+
+
+def _write_holder(fd: int):
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)
 
 
 class WorkdirBusyError(Exception):
@@ -87,24 +111,21 @@ def holder(workdir: str) -> Optional[str]:
   Reads without taking the lock for more than an instant; writes nothing.
   """
   path = os.path.join(workdir, LOCK_FILE)
-  key = os.path.realpath(workdir)
-  if key in _held:
+  if os.path.realpath(workdir) in _held:
     return _describe(f'{os.getpid()} {socket.gethostname()}')
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
+  if not os.path.exists(path):
     return None
+  import filelock  # pylint: disable=g-import-not-at-top
+  probe = file_lock(path)
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as error:
-      if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise
-      return _describe(os.pread(fd, 256, 0).decode(errors='replace'))
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    probe.acquire(blocking=False)
+  except filelock.Timeout:
+    with open(path, 'rb') as f:
+      return _describe(f.read(256).decode(errors='replace'))
+  except OSError:  # Unreadable, or no file locks here: nobody can hold it through us.
     return None
-  finally:
-    os.close(fd)
+  probe.release()
+  return None
 
 
 def _describe(contents: str) -> str:
@@ -149,6 +170,9 @@ class WorkdirLock:
       except ValueError as error:
         outcome, problem = _BAD, error
     if process_count > 1:  # Every process learns process 0's outcome: all stop or all go on.
+      if broadcast is None:
+        raise ValueError(f'process_count={process_count} needs a broadcast (e.g. '
+                         'multihost_utils.broadcast_one_to_all); pass one.')
       outcome = int(broadcast(outcome))
     if outcome == _BAD:
       raise problem or ValueError(f'--workdir {self.workdir!r} cannot be used by process 0 '
@@ -160,29 +184,20 @@ class WorkdirLock:
     self._acquired = process_index == 0
 
   def _take(self) -> bool:
+    import filelock  # pylint: disable=g-import-not-at-top
     key = os.path.realpath(self.workdir)
     with _held_guard:
-      if key in _held:
-        fd, count = _held[key]
-        _held[key] = (fd, count + 1)
-        return True
-      path = os.path.join(self.workdir, LOCK_FILE)
+      lock = _held.get(key) or file_lock(os.path.join(self.workdir, LOCK_FILE),
+                                         on_acquired=_write_holder)
       try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire(blocking=False)  # Counts one more hold when this process has it.
+      except filelock.Timeout:
+        return False
       except OSError as error:
-        raise ValueError(f'--workdir {self.workdir!r}: its lock file cannot be made '
-                         f'({_reason(error)}); choose a directory you can write.') from None
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except OSError as error:
-        os.close(fd)
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-          return False
         raise ValueError(f'--workdir {self.workdir!r} cannot be locked ({_reason(error)}); '
-                         'choose a directory on a file system with file locks.') from None
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)
-      _held[key] = (fd, 1)
+                         'choose a directory you can write, on a file system with file '
+                         'locks.') from None
+      _held[key] = lock
       return True
 
   def release(self):
@@ -192,12 +207,10 @@ class WorkdirLock:
     self._acquired = False
     key = os.path.realpath(self.workdir)
     with _held_guard:
-      fd, count = _held[key]
-      if count > 1:
-        _held[key] = (fd, count - 1)
-        return
-      del _held[key]
-      os.close(fd)  # Closing the only descriptor releases the flock.
+      lock = _held[key]
+      lock.release()
+      if not lock.is_locked:  # Closing the only descriptor released the flock.
+        del _held[key]
 
   def __enter__(self) -> 'WorkdirLock':
     return self

@@ -19,6 +19,8 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
+from fisher_jax.rundir import files
+
 METRICS_FILE = 'metrics.jsonl'
 _NONFINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
 
@@ -97,8 +99,7 @@ def prepare_for_resume(workdir: str, resume_step: Optional[int]):
     return
   records, _ = _read_lines(path)
   kept = [r for r in records if resume_step is not None and r['step'] <= resume_step]
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(format_record(r['step'], r['epoch'],
-                               {k: v for k, v in r.items() if k not in ('step', 'epoch')})
-                 for r in kept)
-  os.replace(path + '.tmp', path)
+  files.write_text(path, ''.join(
+      format_record(r['step'], r['epoch'],
+                    {k: v for k, v in r.items() if k not in ('step', 'epoch')})
+      for r in kept))

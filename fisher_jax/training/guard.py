@@ -67,10 +67,7 @@ def check(values: Mapping[str, float], step: int, learning_rate: float, mode: st
 
 def write_divergence(workdir: str, error: DivergedError):
   """Writes `<workdir>/diverged.json` (whole, then renamed)."""
-  path = os.path.join(workdir, rundir.DIVERGED_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(error.record, f, indent=1)
-  os.replace(path + '.tmp', path)
+  rundir.write_json(os.path.join(workdir, rundir.DIVERGED_FILE), error.record)
 
 
 def read_divergence(workdir: str) -> Optional[Dict[str, Any]]:

@@ -52,10 +52,10 @@ def _config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json())
 
 
-def _check_subset_sizes(run: settings_lib.Settings, num_train: int):
+def _check_subset_sizes(settings: settings_lib.Settings, num_train: int):
   """The fixed measurement subsets in use must fit in the training set (never silently cut)."""
-  m = run.measure
-  used = {'num_examples': m.every_epochs or m.every_steps or run.dataset.label_noise > 0,
+  m = settings.measure
+  used = {'num_examples': m.every_epochs or m.every_steps or settings.dataset.label_noise > 0,
           'hessian_num_examples': m.hessian_every_epochs}
   for field in (f for f, is_used in used.items() if is_used):
     value = getattr(m, field)
@@ -95,10 +95,8 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict):
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict):
   # Written whole, then renamed: other processes checking the workdir never see half a file.
-  path = os.path.join(workdir, rundir.CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(_config_dict(config), f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  rundir.write_json(os.path.join(workdir, rundir.CONFIG_FILE), _config_dict(config), indent=2,
+                    sort_keys=True)
 
 
 def _place_subset(subset: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
@@ -129,7 +127,7 @@ class _Measurements:
     self._subset = _place_subset(inp.fixed_subset(measure.num_examples, kind='all'), mesh)
     self._measure = jax.jit(steps.make_measure_fn(model, estimator=measure.fisher_estimator,
                                                   batch_size=batch_size,
-                                                  per_layer=measure.per_layer))
+                                                  per_leaf=measure.per_leaf))
     self._hessian = self._eigen = None
     if measure.hessian_every_epochs or measure.eigen_every_epochs:
       self._hessian_subset = _place_subset(
@@ -164,7 +162,7 @@ class _Measurements:
     return self._eigen(state, self._hessian_subset['image'], self._hessian_subset['label'], rng)
 
 
-def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int,
+def _due(settings: settings_lib.Settings, step: int, steps_per_epoch: int,
          converged_at: Optional[int] = None) -> FrozenSet[str]:
   """What is due after `step` updates: 'epoch_end', 'log', 'fisher', 'hessian', 'eigen',
   'eval', 'checkpoint', 'fit' (the whole-training-set evaluation of a fit target) and 'end'.
@@ -181,25 +179,25 @@ def _due(run: settings_lib.Settings, step: int, steps_per_epoch: int,
   epoch end, and the last step is that of epoch `converged_at + stop.extra_epochs`.
   """
   epoch, in_epoch = divmod(step, steps_per_epoch)
-  end = fit_stop.end_epoch(converged_at, run.stop.extra_epochs, run.num_epochs)
+  end = fit_stop.end_epoch(converged_at, settings.stop.extra_epochs, settings.num_epochs)
   epoch_end, last = in_epoch == 0, step == end * steps_per_epoch
   converged = epoch_end and converged_at is not None and epoch >= converged_at
-  m = run.measure
+  m = settings.measure
   by_epoch = lambda every, always_last: epoch_end and cadence.is_due(  # noqa: E731
       epoch, every, last=last and (always_last or every > 0))
   until = m.every_steps_until_epoch
   in_epochs = m.every_steps and (not until or step <= until * steps_per_epoch)
   due = {'epoch_end': epoch_end,
-         'log': epoch_end or cadence.is_due(step, run.log_every_steps),
+         'log': epoch_end or cadence.is_due(step, settings.log_every_steps),
          'fisher': (in_epochs and cadence.is_due(step, m.every_steps))
                    or by_epoch(m.every_epochs, False),
          'hessian': by_epoch(m.hessian_every_epochs, False) or (
              converged and m.hessian_every_epochs > 0),
          'eigen': by_epoch(m.eigen_every_epochs, False) or (
              converged and m.eigen_every_epochs > 0),
-         'eval': by_epoch(run.eval_every_epochs, True) or converged,
-         'checkpoint': by_epoch(run.checkpoint_every_epochs, True),
-         'fit': epoch_end and run.stop.train_accuracy > 0,
+         'eval': by_epoch(settings.eval_every_epochs, True) or converged,
+         'checkpoint': by_epoch(settings.checkpoint_every_epochs, True),
+         'fit': epoch_end and settings.stop.train_accuracy > 0,
          'end': last}
   return frozenset(k for k, v in due.items() if v)
 
@@ -262,48 +260,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, float]:
   """`train_and_evaluate`'s work: takes `lock` before writing, registers closing in `cleanup`."""
-  run = settings_lib.read(config)
+  settings = settings_lib.read(config)
   rundir.check(workdir)
   _check_workdir(workdir, config)
   mesh = mesh_lib.make_mesh()
-  mesh_lib.check_divisible(run.batch_size, mesh)
-  inp = data.make_input(run.dataset, batch_size=run.batch_size, seed=run.seed)
-  model = models.get_model(run.model.name, inp.spec.num_classes, **run.model.kwargs)
-  _check_subset_sizes(run, inp.num_train)
+  mesh_lib.check_divisible(settings.batch_size, mesh)
+  inp = data.make_input(settings.dataset, batch_size=settings.batch_size, seed=settings.seed)
+  model = models.get_model(settings.model.name, inp.spec.num_classes, **settings.model.kwargs)
+  _check_subset_sizes(settings, inp.num_train)
   steps_per_epoch = inp.steps_per_epoch
-  tx = optim.make_optimizer(run.optimizer, run.regularizer, steps_per_epoch=steps_per_epoch,
-                            num_epochs=run.num_epochs)
-  last_step = run.num_epochs * steps_per_epoch
+  tx = optim.make_optimizer(settings.optimizer, settings.regularizer, steps_per_epoch=steps_per_epoch,
+                            num_epochs=settings.num_epochs)
+  last_step = settings.num_epochs * steps_per_epoch
   is_writer = jax.process_index() == 0
 
-  rng = jax.random.PRNGKey(run.seed)
+  rng = jax.random.PRNGKey(settings.seed)
   init_rng, measure_rng = jax.random.split(rng)
   create = jax.jit(
       lambda r: state_lib.create_train_state(model, tx, inp.spec.image_shape, r),
       out_shardings=mesh_lib.replicated(mesh))
   state = create(init_rng)
   # Read (and check) another run's checkpoint before this run writes anything.
-  initial = _init_from(state, run.init_from, mesh) if run.init_from.workdir else None
+  initial = _init_from(state, settings.init_from, mesh) if settings.init_from.workdir else None
 
   # Nothing is written before the lock: a second process on this workdir stops here.
   lock.acquire(process_index=jax.process_index(), process_count=jax.process_count(),
                broadcast=lambda v: int(multihost_utils.broadcast_one_to_all(np.int32(v))))
   divergence = guard.read_divergence(workdir)
-  if divergence and run.guard_nonfinite == 'stop':
+  if divergence and settings.guard_nonfinite == 'stop':
     raise guard.DivergedError(divergence)  # Training it again would diverge again.
+  if is_writer and not os.path.exists(os.path.join(workdir, rundir.CONFIG_FILE)):
+    # Before checkpoints/ is made: a start killed in between leaves a workdir that is ours.
+    _write_config(workdir, config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, rundir.CHECKPOINT_DIR),
-                                 keep=run.checkpoint_keep,
-                                 best_metric='val/accuracy' if inp.has_split('val') else None)
+                                 keep=settings.checkpoint_keep,
+                                 best_metric='val/accuracy' if inp.has_split('val') else None,
+                                 damaged_dir=os.path.join(workdir, rundir.DAMAGED_CHECKPOINT_DIR))
   cleanup.callback(ckpt.close)
   start_step, restored = ckpt.restore_latest(state)
   if start_step > last_step:
     done = start_step // steps_per_epoch
-    raise ValueError(f'num_epochs={run.num_epochs} is below the {done} epochs the run in '
+    raise ValueError(f'num_epochs={settings.num_epochs} is below the {done} epochs the run in '
                      f'workdir {workdir!r} has done; pass --config.num_epochs={done} or more to '
                      'continue it.')
   if is_writer:  # A resumed run's too: a resumable field (num_epochs) may have changed.
     _write_config(workdir, config)
-  screen = console.Console(num_epochs=run.num_epochs, steps_per_epoch=steps_per_epoch,
+  screen = console.Console(num_epochs=settings.num_epochs, steps_per_epoch=steps_per_epoch,
                            start_step=start_step, enabled=is_writer)
   if start_step:
     state = restored
@@ -314,42 +316,42 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   if is_writer:  # Drops what was logged after the checkpoint (all of it from scratch).
     rundir.prepare_for_resume(workdir, start_step or None)
   converged_at, done_before = None, {}
-  if start_step and run.stop.train_accuracy > 0:  # The fit target's state is in the records.
+  if start_step and settings.stop.train_accuracy > 0:  # The fit target's state is in the records.
     records = [r for r in rundir.read_records(workdir) if r['step'] <= start_step]
-    converged_at = fit_stop.convergence_epoch(records, run.stop.train_accuracy)
+    converged_at = fit_stop.convergence_epoch(records, settings.stop.train_accuracy)
     for r in records:
       done_before.update({k: v for k, v in r.items() if k not in ('step', 'epoch')})
-  stop_step = fit_stop.end_epoch(converged_at, run.stop.extra_epochs,
-                                 run.num_epochs) * steps_per_epoch
-  if run.stop.train_accuracy > 0 and not inp.has_split(data.TRAIN_EVAL_SPLIT):
-    raise ValueError(f'stop.train_accuracy={run.stop.train_accuracy} needs the whole training '
-                     f'set in memory, which dataset {run.dataset.name!r} is not; set '
+  stop_step = fit_stop.end_epoch(converged_at, settings.stop.extra_epochs,
+                                 settings.num_epochs) * steps_per_epoch
+  if settings.stop.train_accuracy > 0 and not inp.has_split(data.TRAIN_EVAL_SPLIT):
+    raise ValueError(f'stop.train_accuracy={settings.stop.train_accuracy} needs the whole training '
+                     f'set in memory, which dataset {settings.dataset.name!r} is not; set '
                      'stop.train_accuracy=0.')
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index(), console=screen)
   cleanup.callback(writer.close)
   cleanup.callback(writer.flush)
-  learning_rate = optim.make_schedule(run.optimizer, steps_per_epoch, run.num_epochs)
-  # The host decides which steps recompute the penalty (no lax.cond on the device): two
+  learning_rate = optim.make_schedule(settings.optimizer, steps_per_epoch, settings.num_epochs)
+  # The host decides which steps compute a fresh penalty (no lax.cond on the device): two
   # compiled steps, each compiled on first use.
-  recompute_due = optim.make_recompute_fn(run.regularizer, steps_per_epoch)
+  penalty_start = cadence.epochs_to_steps(settings.regularizer.start_epoch, steps_per_epoch)
   train_steps = {
-      flag: mesh_lib.data_parallel(
-          steps.make_train_step(model, tx, run.regularizer.name, recompute_penalty=flag),
+      fresh: mesh_lib.data_parallel(
+          steps.make_train_step(model, tx, settings.regularizer.name, fresh_penalty=fresh),
           mesh, batch_args=(1,), num_args=2, donate_argnums=(0,))
-      for flag in (True, False)}
+      for fresh in (True, False)}
   eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh, batch_args=(1,),
                                      num_args=2)
-  measurements = _Measurements(run.measure, batch_size=run.batch_size,
-                               label_noise=run.dataset.label_noise, model=model, inp=inp,
+  measurements = _Measurements(settings.measure, batch_size=settings.batch_size,
+                               label_noise=settings.dataset.label_noise, model=model, inp=inp,
                                mesh=mesh, rng=measure_rng)
   eval_splits = [s for s in data.EVAL_SPLITS if inp.has_split(s)]
 
-  screen.note(console.describe_run(run, inp, state.params, mesh.size))
+  screen.note(console.describe_run(settings, inp, state.params, mesh.size))
   screen.note('Compiling the training step (the first steps are slow) ...')
   if start_step == 0:
     writer.write_hparams(config_files.flat_fields(_config_dict(config)))
-    if run.measure.every_epochs or run.measure.every_steps:
+    if settings.measure.every_epochs or settings.measure.every_steps:
       writer.write_scalars(0, jax.device_get(measurements.fisher(state)))
   # Speed and uptime, as perf/* in TensorBoard (not in metrics.jsonl), from process 0.
   report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer.perf,
@@ -360,30 +362,31 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
     latest, last_step = done_before, start_step
   iterator = inp.train_iterator(start_step)
   for step in range(start_step + 1, last_step + 1):  # `step` counts updates done after it.
-    train_step = train_steps[recompute_due(step - 1)]
+    train_step = train_steps[settings.regularizer.name != 'none' and cadence.penalty_due(
+        step - 1, every_k=settings.regularizer.every_k, start_step=penalty_start)]
     state, metrics = train_step(state, mesh_lib.shard_batch(next(iterator), mesh))
     train_sums = metrics if train_sums is None else jax.tree.map(jnp.add, train_sums, metrics)
     train_count += 1
     report(step)
     screen.advance(step)
-    due = _due(run, step, steps_per_epoch, converged_at)
+    due = _due(settings, step, steps_per_epoch, converged_at)
     record: Dict[str, Any] = {}
     if 'fit' in due:
-      record.update(_evaluate(eval_step, state, inp, data.TRAIN_EVAL_SPLIT, run.batch_size,
+      record.update(_evaluate(eval_step, state, inp, data.TRAIN_EVAL_SPLIT, settings.batch_size,
                               mesh))
       if (converged_at is None
-          and record[fit_stop.TRAIN_FULL_ACCURACY] >= run.stop.train_accuracy):
+          and record[fit_stop.TRAIN_FULL_ACCURACY] >= settings.stop.train_accuracy):
         converged_at = step // steps_per_epoch
-        screen.note(f'Reached the fit target (accuracy {run.stop.train_accuracy:g} on the '
+        screen.note(f'Reached the fit target (accuracy {settings.stop.train_accuracy:g} on the '
                     f'whole training set) at epoch {converged_at}; '
-                    f'{run.stop.extra_epochs} more epochs.')
-        due = _due(run, step, steps_per_epoch, converged_at)
+                    f'{settings.stop.extra_epochs} more epochs.')
+        due = _due(settings, step, steps_per_epoch, converged_at)
     if 'log' in due:
       record.update({f'train/{k}' if k != 'penalty' else 'regularizer/penalty':
                      float(v) / train_count for k, v in jax.device_get(train_sums).items()})
       record['train/learning_rate'] = float(learning_rate(step - 1))  # The latest update's.
       train_sums, train_count = None, 0
-      guard.check(record, step, record['train/learning_rate'], run.guard_nonfinite)
+      guard.check(record, step, record['train/learning_rate'], settings.guard_nonfinite)
     if 'fisher' in due:
       record.update(measurements.fisher(state))
     if 'hessian' in due:
@@ -391,7 +394,7 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
     if 'eigen' in due:
       record.update(measurements.eigen(state))
     for split in eval_splits if 'eval' in due else ():
-      record.update(_evaluate(eval_step, state, inp, split, run.batch_size, mesh))
+      record.update(_evaluate(eval_step, state, inp, split, settings.batch_size, mesh))
     if record:
       record = {k: float(v) for k, v in jax.device_get(record).items()}
       writer.write_scalars(step, record)
@@ -400,9 +403,9 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
       try:
         ckpt.save(step, state, metrics=record)
       except checkpoint.NonFiniteStateError:
-        if run.guard_nonfinite == 'stop':
-          raise guard.diverged(step, 'a parameter', 'non-finite',  # pylint: disable=raise-missing-from
-                               float(learning_rate(step - 1)))
+        if settings.guard_nonfinite == 'stop':
+          raise guard.diverged(step, 'a parameter', 'non-finite',
+                               float(learning_rate(step - 1))) from None
         logging.warning('The state at step %d is non-finite: its checkpoint is not saved.', step)
     if on_epoch is not None and 'epoch_end' in due and on_epoch(step // steps_per_epoch):
       break

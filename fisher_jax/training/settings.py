@@ -62,7 +62,7 @@ class MeasureSettings:
   hessian_every_epochs: int
   hessian_probes: int
   hessian_num_examples: int
-  per_layer: bool
+  per_leaf: bool
   eigen_every_epochs: int
   eigen_k: int
   eigen_iterations: int
@@ -211,11 +211,11 @@ def read_measure(measure_config) -> MeasureSettings:
   counts['eigen_iterations'] = _integer('measure.eigen_iterations', get('eigen_iterations'),
                                         low=counts['eigen_k'])
   estimator = _choice('measure.fisher_estimator', get('fisher_estimator'), FISHER_ESTIMATORS)
-  per_layer = get('per_layer')
-  if not isinstance(per_layer, bool):
-    raise ValueError(f'measure.per_layer={per_layer!r} is invalid; it must be True or False.')
+  per_leaf = get('per_leaf')
+  if not isinstance(per_leaf, bool):
+    raise ValueError(f'measure.per_leaf={per_leaf!r} is invalid; it must be True or False.')
   until = number('measure.every_steps_until_epoch', get('every_steps_until_epoch'), low=0)
-  return MeasureSettings(fisher_estimator=estimator, per_layer=per_layer,
+  return MeasureSettings(fisher_estimator=estimator, per_leaf=per_leaf,
                          every_steps_until_epoch=until, **periods, **counts)
 
 
@@ -234,6 +234,21 @@ def read_stop(stop_config) -> StopSettings:
                       extra_epochs=_integer('stop.extra_epochs', get('extra_epochs'), low=0))
 
 
+def read_model(model_config) -> ModelSettings:
+  """Validates `config.model` (also a run's recorded config.json: analysis.spectrum reads it).
+
+  Raises:
+    ValueError: `model.name` is missing or not a registered model, naming the choices.
+  """
+  model = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  name = model.pop('name', None)
+  from fisher_jax import models  # pylint: disable=g-import-not-at-top  (the model zoo)
+  if name not in models.available_models():
+    raise ValueError(f'model.name={name!r} is unknown; choose one of '
+                     f'{models.available_models()}.')
+  return ModelSettings(name=name, kwargs=model)
+
+
 def read(config) -> Settings:
   """Validates a whole run config (`configs/*.py`'s `get_config()`), once, at start-up.
 
@@ -242,15 +257,8 @@ def read(config) -> Settings:
       regularizer, estimator) or an impossible value, in one sentence naming the field.
   """
   get = lambda field: required(config, field, '')  # noqa: E731
-  model = get('model')
-  model = model.to_dict() if hasattr(model, 'to_dict') else dict(model)
-  model_name = model.pop('name', None)
-  # pylint: disable=g-import-not-at-top  (TensorFlow and the model zoo only for a whole run)
+  # pylint: disable-next=g-import-not-at-top  (TensorFlow only for a whole run)
   from fisher_jax import data
-  from fisher_jax import models
-  if model_name not in models.available_models():
-    raise ValueError(f'model.name={model_name!r} is unknown; choose one of '
-                     f'{models.available_models()}.')
   init_from = get('init_from')
   seed = get('seed')
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -260,7 +268,7 @@ def read(config) -> Settings:
       batch_size=_integer('batch_size', get('batch_size'), low=1),
       num_epochs=_integer('num_epochs', get('num_epochs'), low=1),
       dataset=data.read_settings(get('dataset')),
-      model=ModelSettings(name=model_name, kwargs=model),
+      model=read_model(get('model')),
       optimizer=read_optimizer(get('optimizer')),
       regularizer=read_regularizer(get('regularizer')),
       measure=read_measure(get('measure')),

@@ -44,7 +44,7 @@ test-fast: install
 # the run directory; both configured in pyproject.toml.
 lint: install
 	$(PYTHON) -m ruff check fisher_jax experiments configs benchmarks tests docs
-	$(PYTHON) -m basedpyright
+	$(PYTHON) -m basedpyright --project pyproject.toml
 
 # The documentation site (mkdocs.yml), built strictly into site/, running the tutorials (the
 # docs extra is part of the test extra and of the lock).

@@ -3,8 +3,7 @@
 The import graph is read from the source with `ast` (no module is imported): an edge A -> B for
 every `import fisher_jax.b`, `from fisher_jax.x import y` (to the submodule `fisher_jax.x.y` when
 there is one, else to `fisher_jax.x`) and `from fisher_jax import y`, wherever the statement is
-(a function-level import is a dependency too). The one cycle the code has is allowed by name in
-`DEFERRED_BACK_EDGES`, and only as an import inside a function.
+(a function-level import is a dependency too). The graph has no cycle.
 """
 
 import ast
@@ -25,11 +24,7 @@ LIBRARY = ('fisher_jax.curvature', 'fisher_jax.regularizers', 'fisher_jax.models
 # The only code that may read a whole config (settings.read); every other part receives its own
 # typed settings.
 WHOLE_CONFIG_READERS = ('fisher_jax.training', 'fisher_jax.main', 'fisher_jax.data')
-# Imports inside a function that close a cycle, each with why it is there. `settings.read`
-# delegates the dataset section to `data.read_settings` (and checks the model name against the
-# registry), importing TensorFlow and the model zoo only for a whole run, while the data
-# pipeline reads its section's fields with `settings.required`.
-DEFERRED_BACK_EDGES = {('fisher_jax.training.settings', 'fisher_jax.data')}
+
 
 
 def _python_files(top: str) -> List[str]:
@@ -51,18 +46,14 @@ def _modules() -> Dict[str, str]:
   return {_module_name(p): p for p in _python_files(PACKAGE)}
 
 
-def _imports(path: str, modules, *, in_functions: bool = False) -> Set[str]:
-  """The fisher_jax modules the file at `path` imports (only inside functions if asked)."""
+def _imports(path: str, modules) -> Set[str]:
+  """The fisher_jax modules the file at `path` imports (anywhere in it)."""
   with open(os.path.join(REPO, path)) as f:
     tree = ast.parse(f.read(), filename=path)
   this = _module_name(path)
   package = this if path.endswith('__init__.py') else this.rpartition('.')[0]
-  if in_functions:
-    roots = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-  else:
-    roots = [tree]
   found = set()
-  for node in (n for root in roots for n in ast.walk(root)):
+  for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
@@ -77,10 +68,9 @@ def _imports(path: str, modules, *, in_functions: bool = False) -> Set[str]:
   return {m for m in found if m in modules and m != this}
 
 
-def _graph(*, in_functions: bool = False) -> Dict[str, Set[str]]:
+def _graph() -> Dict[str, Set[str]]:
   modules = _modules()
-  return {name: _imports(path, modules, in_functions=in_functions)
-          for name, path in modules.items()}
+  return {name: _imports(path, modules) for name, path in modules.items()}
 
 
 def _find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
@@ -119,14 +109,7 @@ def test_the_import_graph_sees_every_form_of_import():
 
 
 def test_no_import_cycles_among_fisher_jax_modules():
-  graph = _graph()
-  in_functions = _graph(in_functions=True)
-  for module, imported in DEFERRED_BACK_EDGES:
-    assert imported in in_functions[module], (
-        f'{module} no longer imports {imported} inside a function: drop it from '
-        'DEFERRED_BACK_EDGES')
-    graph[module].discard(imported)
-  cycle = _find_cycle(graph)
+  cycle = _find_cycle(_graph())
   assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
 
 

@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from fisher_jax.data import augment as augment_lib
 from fisher_jax.data import base
-from fisher_jax.training import settings as settings_lib
+from fisher_jax.training import fields
 from fisher_jax.training import quiet
 from fisher_jax.data import digits as _digits  # noqa: F401  (registers the TFDS builder)
 from fisher_jax.data import fashion_mnist as fashion_mnist_lib  # (registers the TFDS builder)
@@ -81,7 +81,7 @@ def read_settings(dataset_config) -> DatasetSettings:
     ValueError: a missing field, an unknown name or an impossible value, naming the field and
       what is allowed.
   """
-  get = lambda field: settings_lib.required(dataset_config, field, 'dataset.')  # noqa: E731
+  get = lambda field: fields.required(dataset_config, field, 'dataset.')  # noqa: E731
   name = get('name')
   specs_lib.get_spec(name)  # Unknown names fail here.
   data_dir = get('data_dir')

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Tuple
 from fisher_jax import regularizers
 from fisher_jax.curvature import FISHER_ESTIMATORS
 from fisher_jax.training import guard
+from fisher_jax.training.fields import choice, integer, number, required
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
@@ -104,42 +105,6 @@ class Settings:
   guard_nonfinite: str  # `config.guard.nonfinite`: 'stop' or 'off' (see fisher_jax.training.guard).
 
 
-def required(section, field: str, prefix: str):
-  """`section[field]` of a config section (a ConfigDict, dict or object); a missing field is an
-  error naming it, `prefix + field` (no defaults in code)."""
-  try:
-    return section[field] if isinstance(section, Mapping) or hasattr(section, 'to_dict') \
-        else getattr(section, field)
-  except (KeyError, AttributeError, TypeError):
-    raise ValueError(f'{prefix}{field} is missing; add it to the config (configs/default.py '
-                     'lists every field with its default).') from None
-
-
-def number(field: str, value, *, low: float, low_ok: bool = True, high: float = None):
-  """Returns `value` after checking low <(=) value (< high); `field` names the config field."""
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
-  if not ok:
-    bound = f'>= {low}' if low_ok else f'> {low}'
-    if high is not None:
-      bound += f' and < {high}'
-    raise ValueError(f'{field}={value!r} is invalid; it must be a number {bound}.')
-  return value
-
-
-def _integer(field: str, value, *, low: int, off_ok: bool = False) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    what = 'a non-negative integer (0 turns it off)' if off_ok else f'an integer >= {low}'
-    raise ValueError(f'{field}={value!r} is invalid; it must be {what}.')
-  return value
-
-
-def _choice(field: str, value, choices) -> str:
-  if value not in choices:
-    raise ValueError(f'{field}={value!r} is unknown; choose one of {list(choices)}.')
-  return value
-
-
 def read_optimizer(opt_config) -> OptimizerSettings:
   """Validates `config.optimizer`.
 
@@ -147,11 +112,11 @@ def read_optimizer(opt_config) -> OptimizerSettings:
     ValueError: a missing field, an unknown name or an impossible value, naming the field.
   """
   get = lambda field: required(opt_config, field, 'optimizer.')  # noqa: E731
-  name = _choice('optimizer.name', get('name'), OPTIMIZERS)
+  name = choice('optimizer.name', get('name'), OPTIMIZERS)
   learning_rate = number('optimizer.learning_rate', get('learning_rate'), low=0, low_ok=False)
   weight_decay = number('optimizer.weight_decay', get('weight_decay'), low=0)
   warmup_epochs = number('optimizer.warmup_epochs', get('warmup_epochs'), low=0)
-  schedule = _choice('optimizer.schedule', get('schedule'), SCHEDULES)
+  schedule = choice('optimizer.schedule', get('schedule'), SCHEDULES)
   nesterov = get('nesterov')
   if not isinstance(nesterov, bool):
     raise ValueError(f'optimizer.nesterov={nesterov!r} is invalid; it must be True or False.')
@@ -192,7 +157,7 @@ def read_regularizer(reg_config) -> RegularizerSettings:
   return RegularizerSettings(
       name=regularizers.validate_name(get('name')),
       strength=number('regularizer.strength', get('strength'), low=0),
-      every_k=_integer('regularizer.every_k', get('every_k'), low=1),
+      every_k=integer('regularizer.every_k', get('every_k'), low=1),
       start_epoch=number('regularizer.start_epoch', get('start_epoch'), low=0))
 
 
@@ -203,14 +168,14 @@ def read_measure(measure_config) -> MeasureSettings:
     ValueError: a missing field, an unknown estimator or an impossible value, naming the field.
   """
   get = lambda field: required(measure_config, field, 'measure.')  # noqa: E731
-  periods = {f: _integer(f'measure.{f}', get(f), low=0, off_ok=True)
+  periods = {f: integer(f'measure.{f}', get(f), low=0, off_ok=True)
              for f in ('every_epochs', 'every_steps', 'hessian_every_epochs',
                        'eigen_every_epochs')}
-  counts = {f: _integer(f'measure.{f}', get(f), low=1)
+  counts = {f: integer(f'measure.{f}', get(f), low=1)
             for f in ('num_examples', 'hessian_probes', 'hessian_num_examples', 'eigen_k')}
-  counts['eigen_iterations'] = _integer('measure.eigen_iterations', get('eigen_iterations'),
+  counts['eigen_iterations'] = integer('measure.eigen_iterations', get('eigen_iterations'),
                                         low=counts['eigen_k'])
-  estimator = _choice('measure.fisher_estimator', get('fisher_estimator'), FISHER_ESTIMATORS)
+  estimator = choice('measure.fisher_estimator', get('fisher_estimator'), FISHER_ESTIMATORS)
   per_leaf = get('per_leaf')
   if not isinstance(per_leaf, bool):
     raise ValueError(f'measure.per_leaf={per_leaf!r} is invalid; it must be True or False.')
@@ -231,7 +196,7 @@ def read_stop(stop_config) -> StopSettings:
     raise ValueError(f'stop.train_accuracy={target!r} is invalid; it is a training accuracy '
                      'in (0, 1], or 0 to train num_epochs epochs.')
   return StopSettings(train_accuracy=target,
-                      extra_epochs=_integer('stop.extra_epochs', get('extra_epochs'), low=0))
+                      extra_epochs=integer('stop.extra_epochs', get('extra_epochs'), low=0))
 
 
 def read_model(model_config) -> ModelSettings:
@@ -265,8 +230,8 @@ def read(config) -> Settings:
     raise ValueError(f'seed={seed!r} is invalid; use a non-negative integer.')
   return Settings(
       seed=seed,
-      batch_size=_integer('batch_size', get('batch_size'), low=1),
-      num_epochs=_integer('num_epochs', get('num_epochs'), low=1),
+      batch_size=integer('batch_size', get('batch_size'), low=1),
+      num_epochs=integer('num_epochs', get('num_epochs'), low=1),
       dataset=data.read_settings(get('dataset')),
       model=read_model(get('model')),
       optimizer=read_optimizer(get('optimizer')),
@@ -275,11 +240,11 @@ def read(config) -> Settings:
       stop=read_stop(get('stop')),
       init_from=InitFromSettings(workdir=required(init_from, 'workdir', 'init_from.') or None,
                                  step=required(init_from, 'step', 'init_from.')),
-      eval_every_epochs=_integer('eval_every_epochs', get('eval_every_epochs'), low=0,
+      eval_every_epochs=integer('eval_every_epochs', get('eval_every_epochs'), low=0,
                                  off_ok=True),
-      checkpoint_every_epochs=_integer('checkpoint_every_epochs',
+      checkpoint_every_epochs=integer('checkpoint_every_epochs',
                                        get('checkpoint_every_epochs'), low=0, off_ok=True),
-      log_every_steps=_integer('log_every_steps', get('log_every_steps'), low=0, off_ok=True),
-      checkpoint_keep=_integer('checkpoint_keep', get('checkpoint_keep'), low=1),
-      guard_nonfinite=_choice('guard.nonfinite', required(get('guard'), 'nonfinite', 'guard.'),
+      log_every_steps=integer('log_every_steps', get('log_every_steps'), low=0, off_ok=True),
+      checkpoint_keep=integer('checkpoint_keep', get('checkpoint_keep'), low=1),
+      guard_nonfinite=choice('guard.nonfinite', required(get('guard'), 'nonfinite', 'guard.'),
                               guard.NONFINITE_MODES))

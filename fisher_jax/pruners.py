@@ -260,8 +260,11 @@ class FisherOrMedianPruner(AnyPruner):
   `n_warmup_steps`) and `min_completed_trials` (its `n_startup_trials`).
 
   Args:
-    factor, top_fraction, early_fisher: of the `FisherExplosionPruner`.
-    warmup_epochs, min_completed_trials: of both rules.
+    factor: the `FisherExplosionPruner`'s factor.
+    warmup_epochs: no trial is pruned at an epoch below this, by either rule.
+    min_completed_trials: no trial is pruned before this many are COMPLETE, by either rule.
+    top_fraction: the `FisherExplosionPruner`'s share of good trials.
+    early_fisher: the `FisherExplosionPruner`'s early-phase definition.
 
   Attributes:
     fisher: the `FisherExplosionPruner`.

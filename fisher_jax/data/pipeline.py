@@ -431,8 +431,8 @@ def make_input(dataset_config, *, batch_size: int, seed: int,
       `read_settings`, a missing one named).
     batch_size: the global training batch size B.
     seed: the run's seed (data order, augmentation, label noise, fixed subsets).
-    process_index, process_count: this process and how many read; None means
-      `jax.process_index()` / `jax.process_count()`.
+    process_index: this process; None means `jax.process_index()`.
+    process_count: how many processes read; None means `jax.process_count()`.
 
   Raises:
     ValueError: invalid config values (the field and the allowed values are named).

@@ -268,6 +268,11 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
   inp = data.make_input(settings.dataset, batch_size=settings.batch_size, seed=settings.seed)
   model = models.get_model(settings.model.name, inp.spec.num_classes, **settings.model.kwargs)
   _check_subset_sizes(settings, inp.num_train)
+  # Before the workdir is touched, like every other check of the config.
+  if settings.stop.train_accuracy > 0 and not inp.has_split(data.TRAIN_EVAL_SPLIT):
+    raise ValueError(f'stop.train_accuracy={settings.stop.train_accuracy} needs the whole training '
+                     f'set in memory, which dataset {settings.dataset.name!r} is not; set '
+                     'stop.train_accuracy=0.')
   steps_per_epoch = inp.steps_per_epoch
   tx = optim.make_optimizer(settings.optimizer, settings.regularizer, steps_per_epoch=steps_per_epoch,
                             num_epochs=settings.num_epochs)
@@ -323,10 +328,6 @@ def _train_and_evaluate(config, workdir, lock, cleanup, on_epoch) -> Dict[str, f
       done_before.update({k: v for k, v in r.items() if k not in ('step', 'epoch')})
   stop_step = fit_stop.end_epoch(converged_at, settings.stop.extra_epochs,
                                  settings.num_epochs) * steps_per_epoch
-  if settings.stop.train_accuracy > 0 and not inp.has_split(data.TRAIN_EVAL_SPLIT):
-    raise ValueError(f'stop.train_accuracy={settings.stop.train_accuracy} needs the whole training '
-                     f'set in memory, which dataset {settings.dataset.name!r} is not; set '
-                     'stop.train_accuracy=0.')
 
   writer = writers.create_writer(workdir, steps_per_epoch, jax.process_index(), console=screen)
   cleanup.callback(writer.close)
